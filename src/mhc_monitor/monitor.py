@@ -127,7 +127,9 @@ class _Window(MetricsBuffer):
             return "invalid_type", 0.0
         try:
             v = float(value)
-        except (TypeError, ValueError, OverflowError):
+        except OverflowError:
+            return "out_of_range", math.inf
+        except (TypeError, ValueError):
             return "invalid_type", 0.0
         if v != v:
             return "nan", v
@@ -143,7 +145,7 @@ class _Window(MetricsBuffer):
         """Validate and store a batch; returns (accepted, rejected by reason)."""
         try:
             arr = np.asarray(values, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             # A batch numpy cannot convert as a whole still gets per-sample validation.
             accepted = 0
             rejected: dict[str, int] = {}
@@ -202,6 +204,8 @@ class _Window(MetricsBuffer):
             ring[: n - head] = arr[head:]
         self._pos = (self._pos + n) % cap
         self._pushes += n
+        if self._pushes - self._folded == cap:
+            self._fold()
 
     def _fold(self) -> None:
         """Move the samples not yet counted by the histogram into it (lock held)."""
@@ -465,6 +469,12 @@ class GeometricSpeculationMonitor:
     def histogram(self, metric: str) -> HistogramSnapshot:
         """The cumulative histogram of every sample ever recorded for a metric."""
         return self._window(metric).histogram()
+
+    def count_rejected(self, metric: str, reason: str, n: int = 1) -> None:
+        """Count `n` samples of `metric` dropped before they reached the monitor."""
+        if reason not in REJECT_REASONS:
+            raise UsageError(f"unknown reject reason {reason!r} (known: {REJECT_REASONS})")
+        self._window(metric)._reject(reason, n, None)
 
     def rejected(self) -> dict[str, dict[str, int]]:
         """Dropped samples per metric and reason."""

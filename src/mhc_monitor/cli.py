@@ -1,0 +1,234 @@
+"""The `mhc-monitor` command line."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+
+from .errors import MonitorError
+from .monitor import GeometricSpeculationMonitor
+from .service import DEFAULT_HOST, DEFAULT_PORT
+
+__all__ = ["main"]
+
+logger = logging.getLogger("mhc_monitor.cli")
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--label")
+        labels[name] = value
+    return labels
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --host/--port"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server:
+    """uvicorn on a socket bound beforehand, so a busy port is a clear error."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        self.socket = _bind(host, port)
+        self.host = host
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
+        )
+        self.server = uvicorn.Server(config)
+
+    def run(self) -> None:
+        self.server.run(sockets=[self.socket])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+def _warn_if_exposed(host: str, token: str | None) -> None:
+    if host not in _LOOPBACK and not token:
+        click.echo(
+            f"warning: listening on {host} without an ingestion token: anyone who can reach "
+            "this address can send samples. Set MHC_INGEST_TOKEN or bind 127.0.0.1.",
+            err=True,
+        )
+
+
+def _monitor_options(f: Any) -> Any:
+    f = click.option(
+        "--label",
+        "labels",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Constant label on every series and alert (repeatable).",
+    )(f)
+    f = click.option(
+        "--window", default=1000, show_default=True, help="Samples per metric window."
+    )(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.version_option(package_name="mhc-monitor", message="%(prog)s %(version)s")
+def main(verbose: bool) -> None:
+    """Monitor speculative decoding and mHC layers: windows, alerts, Prometheus."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token-env", default="MHC_INGEST_TOKEN", show_default=True, hidden=True)
+@_monitor_options
+def serve(host: str, port: int, token_env: str, labels: tuple[str, ...], window: int) -> None:
+    """Run the sidecar: POST /v1/samples in, /metrics and /v1/summary out."""
+    import os
+
+    from .service import create_app
+
+    monitor = _make_monitor(labels, window)
+    token = os.environ.get(token_env) or None
+    _warn_if_exposed(host, token)
+    server = _Server(create_app(monitor, token=token), host, port)
+    click.echo(f"mhc-monitor sidecar on http://{host}:{server.port}/metrics", err=True)
+    server.run()
+
+
+def _make_monitor(labels: tuple[str, ...], window: int) -> GeometricSpeculationMonitor:
+    try:
+        return GeometricSpeculationMonitor(window=window, labels=_parse_labels(labels))
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--duration",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to run; 0 runs until Ctrl-C.",
+)
+@click.option(
+    "--degrade-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Switch to a weak draft model after this many seconds.",
+)
+@click.option(
+    "--degrade-for",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Recover after degrading this long (default: stay degraded).",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="Do not print the live summary.")
+@_monitor_options
+def demo(
+    host: str,
+    port: int,
+    duration: float,
+    degrade_after: float | None,
+    degrade_for: float | None,
+    seed: int,
+    quiet: bool,
+    labels: tuple[str, ...],
+    window: int,
+) -> None:
+    """Run the embedded speculative-decoding engine, monitored, with the sidecar."""
+    from .demo import run_demo
+
+    monitor = _make_monitor(labels or ("model=demo-ngram", "instance=demo"), window)
+    run_demo(
+        monitor,
+        server_factory=lambda app: _Server(app, host, port),
+        duration=duration,
+        degrade_after=degrade_after,
+        degrade_for=degrade_for,
+        seed=seed,
+        echo=None if quiet else click.echo,
+    )
+
+
+@main.command()
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.option(
+    "--url",
+    default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+    show_default=True,
+    help="The sidecar to send to.",
+)
+@click.option("--batch-size", default=10000, show_default=True, type=click.IntRange(min=1))
+@click.option("--token-env", default="MHC_INGEST_TOKEN", show_default=True, hidden=True)
+def ingest(source: IO[str], url: str, batch_size: int, token_env: str) -> None:
+    """Send samples from JSON lines (FILE, or - for stdin) to a running sidecar.
+
+    Each line is one sample {"metric": "latency_ms", "value": 12.5}, a columnar
+    object {"latency_ms": [12.5, 13.0]} or a {"samples": [...]} batch.
+    """
+    import os
+
+    from .ingest_client import IngestClient
+
+    token = os.environ.get(token_env) or None
+    try:
+        client = IngestClient(url, token=token, batch_size=batch_size)
+        report = client.send_lines(_numbered(source))
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    click.echo(
+        f"sent {report.sent} samples: {report.accepted} accepted, {report.rejected} rejected"
+        + (f" ({report.rejected_text()})" if report.rejected else "")
+        + (f"; {report.bad_lines} bad lines skipped" if report.bad_lines else "")
+    )
+    if report.bad_lines or report.failed:
+        sys.exit(1)
+
+
+def _numbered(source: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(source, start=1):
+        yield number, line
+
+
+def _wait(stop: threading.Event, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        stop.wait(min(0.5, deadline - time.monotonic()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,33 @@
+"""Shared fixtures: the cases file, free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MHC_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def load_cases() -> dict[str, dict[str, Any]]:
+    """The cases of ../shared/cases/cases.json by kind."""
+    data = json.loads((SHARED / "cases" / "cases.json").read_text())
+    return {case["kind"]: case for case in data["cases"]}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def cases() -> dict[str, dict[str, Any]]:
+    return load_cases()
