@@ -1,0 +1,5 @@
+"""`python -m mhc_monitor` runs the command line."""
+
+from .cli import main
+
+main()
