@@ -76,7 +76,14 @@ def test_extremes_of_negative_windows(pushes: list[float], maximum: float, minim
 
 def test_empty_buffer_statistics_are_nan() -> None:
     buf = MetricsBuffer(4)
-    for value in (buf.mean(), buf.min(), buf.max(), buf.stddev(), buf.percentile(50), buf.latest()):
+    for value in (
+        buf.mean(),
+        buf.min(),
+        buf.max(),
+        buf.stddev(),
+        buf.percentile(50),
+        buf.latest(),
+    ):
         assert math.isnan(value)
     assert len(buf) == 0
     assert buf.values() == []
@@ -133,7 +140,9 @@ def test_statistics_agree_with_numpy(capacity: int, pushes: list[float], p: floa
     assert buf.percentile(p) == np.percentile(values, p)
     for q in (50, 90, 95, 99):
         assert getattr(buf.stats(), f"p{q}") == np.percentile(values, q)
-    assert buf.stddev() == pytest.approx(np.std(values), rel=1e-9, abs=1e-9 * np.max(np.abs(values)))
+    assert buf.stddev() == pytest.approx(
+        np.std(values), rel=1e-9, abs=1e-9 * np.max(np.abs(values))
+    )
     assert buf.latest() == values[-1]
 
 

@@ -91,7 +91,9 @@ def test_histograms_are_cumulative_in_base_units_with_thresholds_as_buckets() ->
     }
     assert {-10.0, -5.0, -2.0, 2.0, 5.0, 10.0} <= curvature_les
     sinkhorn_les = {
-        float(dict(labels)["le"]) for (name, labels), _ in got.items() if name == "mhc_sinkhorn_iterations_bucket"
+        float(dict(labels)["le"])
+        for (name, labels), _ in got.items()
+        if name == "mhc_sinkhorn_iterations_bucket"
     }
     assert 30.0 in sinkhorn_les
 
@@ -100,11 +102,20 @@ def test_thresholds_rejections_and_build_info() -> None:
     got = samples(format_prometheus_metrics(busy_monitor()))
     key = ("mhc_alert_threshold", (("level", "warning"), ("metric", "latency"), ("model", "m1")))
     assert got[key] == to_float32(50.0) * 0.001
-    key = ("mhc_alert_threshold", (("level", "warning"), ("metric", "acceptance"), ("model", "m1")))
+    key = (
+        "mhc_alert_threshold",
+        (("level", "warning"), ("metric", "acceptance"), ("model", "m1")),
+    )
     assert got[key] == to_float32(0.7)
-    rej = ("mhc_samples_rejected_total", (("metric", "latency"), ("model", "m1"), ("reason", "out_of_range")))
+    rej = (
+        "mhc_samples_rejected_total",
+        (("metric", "latency"), ("model", "m1"), ("reason", "out_of_range")),
+    )
     assert got[rej] == 1
-    rej = ("mhc_samples_rejected_total", (("metric", "acceptance"), ("model", "m1"), ("reason", "nan")))
+    rej = (
+        "mhc_samples_rejected_total",
+        (("metric", "acceptance"), ("model", "m1"), ("reason", "nan")),
+    )
     assert got[rej] == 1
     assert any(name == "mhc_build_info" for name, _ in got)
 

@@ -184,7 +184,9 @@ def test_bad_values_are_dropped_and_counted_never_raised(
     monitor = GeometricSpeculationMonitor()
     getattr(monitor, call)(value)
     getattr(monitor, call)(value)
-    metric = next(m for m in MetricName if call.endswith(m.value[:7]) or m.value.startswith(call[7:13]))
+    metric = next(
+        m for m in MetricName if call.endswith(m.value[:7]) or m.value.startswith(call[7:13])
+    )
     rejected = monitor.rejected()[metric.value]
     assert rejected[reason] == 2
     assert sum(rejected.values()) == 2
@@ -192,9 +194,7 @@ def test_bad_values_are_dropped_and_counted_never_raised(
     assert monitor.get_summary().metrics[metric.value].rejected[reason] == 2
 
 
-@pytest.mark.parametrize(
-    "value", [np.float32(0.5), np.float64(0.5), np.int64(1), 1, 0.5]
-)
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.int64(1), 1, 0.5])
 def test_numpy_and_int_scalars_are_accepted(value: object) -> None:
     monitor = GeometricSpeculationMonitor()
     monitor.record_acceptance(value)  # type: ignore[arg-type]
@@ -253,7 +253,9 @@ def test_eight_threads_recording_at_once_lose_nothing() -> None:
         t.join()
     snap = monitor.histogram("latency")
     assert snap.count == 8 * per_thread
-    everything = np.array([float((s * per_thread + i) % 97) for s in range(8) for i in range(per_thread)])
+    everything = np.array(
+        [float((s * per_thread + i) % 97) for s in range(8) for i in range(per_thread)]
+    )
     assert snap.sum == everything.sum()
     assert monitor.get_summary().metrics["latency"].total == 8 * per_thread
 

@@ -84,15 +84,35 @@ BAD_REQUESTS = [
         "unknown metric 'speed' in samples[1]",
     ),
     ("not an object", b"[1, 2]", "application/json", 422, "must be a JSON object"),
-    ("column not a list", b'{"latency_ms": 5}', "application/json", 422, "must map to a JSON array"),
-    ("row without value", b'{"samples": [{"metric": "energy"}]}', "application/json", 422, '"value"'),
+    (
+        "column not a list",
+        b'{"latency_ms": 5}',
+        "application/json",
+        422,
+        "must map to a JSON array",
+    ),
+    (
+        "row without value",
+        b'{"samples": [{"metric": "energy"}]}',
+        "application/json",
+        422,
+        '"value"',
+    ),
     ("samples not a list", b'{"samples": {}}', "application/json", 422, "must be a JSON array"),
-    ("oversized", b'{"latency_ms": [' + b"1," * 3000 + b"1]}", "application/json", 413, "4096 bytes"),
+    (
+        "oversized",
+        b'{"latency_ms": [' + b"1," * 3000 + b"1]}",
+        "application/json",
+        413,
+        "4096 bytes",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("case", "body", "content_type", "status", "message"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+    ("case", "body", "content_type", "status", "message"),
+    BAD_REQUESTS,
+    ids=[c[0] for c in BAD_REQUESTS],
 )
 def test_bad_requests_name_the_problem_and_lose_nothing(
     http: httpx.Client,
@@ -160,7 +180,9 @@ def test_token_is_required_when_configured(monitor: GeometricSpeculationMonitor)
     with running(create_app(monitor, token="s3cret-token")) as url, client(url) as http:
         r = http.post("/v1/samples", json={"energy": [1.0]})
         assert r.status_code == 401
-        r = http.post("/v1/samples", json={"energy": [1.0]}, headers={"authorization": "Bearer nope"})
+        r = http.post(
+            "/v1/samples", json={"energy": [1.0]}, headers={"authorization": "Bearer nope"}
+        )
         assert r.status_code == 401
         assert "s3cret" not in r.text
         assert monitor.window_values("energy") == []
@@ -173,6 +195,8 @@ def test_token_is_required_when_configured(monitor: GeometricSpeculationMonitor)
 
 
 def test_json_reply_bodies_are_valid_json(http: httpx.Client) -> None:
-    r = http.post("/v1/samples", content=b'{"a\\"b": [1]}', headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/samples", content=b'{"a\\"b": [1]}', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     assert json.loads(r.text)["error"].startswith("unknown metric 'a\"b'")

@@ -1,0 +1,196 @@
+"""A folder with everything a fleet needs: Prometheus, its rules, Alertmanager and Grafana.
+
+    DIR/prometheus.yml                              scrape the sidecars, load rules.yml
+    DIR/rules.yml                                   alerting and recording rules
+    DIR/alertmanager.yml                            receivers, routes, inhibition
+    DIR/dashboard.json                              the fleet dashboard
+    DIR/grafana/provisioning/datasources/mhc.yml    the Prometheus data source
+    DIR/grafana/provisioning/dashboards/mhc.yml     loads dashboard.json
+
+All of it comes from one `AlertConfig`, so the dashboard colours, the rules and
+the in-process alerts agree. Secrets stay in their files; only paths are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .alertmanager_config import generate_alertmanager_config
+from .alerts import AlertConfig
+from .errors import UsageError
+from .grafana import dashboard_uid, generate_dashboard
+from .rules import format_duration, generate_rules
+
+__all__ = ["BUNDLE_FILES", "DATASOURCE_UID", "SCRAPE_JOB", "export_bundle"]
+
+logger = logging.getLogger(__name__)
+
+#: The files `export_bundle` writes, relative to its folder.
+BUNDLE_FILES = (
+    "prometheus.yml",
+    "rules.yml",
+    "alertmanager.yml",
+    "dashboard.json",
+    "grafana/provisioning/datasources/mhc.yml",
+    "grafana/provisioning/dashboards/mhc.yml",
+)
+#: The uid of the provisioned Prometheus data source.
+DATASOURCE_UID = "mhc-prometheus"
+#: The Prometheus job that scrapes the sidecars.
+SCRAPE_JOB = "mhc-monitor"
+
+
+def export_bundle(
+    directory: str | os.PathLike[str],
+    *,
+    config: AlertConfig,
+    targets: list[str],
+    title: str = "mhc-monitor",
+    alertmanager_address: str = "127.0.0.1:9093",
+    prometheus_url: str = "http://127.0.0.1:9090",
+    grafana_url: str | None = None,
+    scrape_interval_seconds: float = 15,
+    for_seconds: float = 0,
+    keep_firing_for_seconds: float = 0,
+    pagerduty_routing_key_file: str | None = None,
+    slack_webhook_url_file: str | None = None,
+    webhook_url: str | None = None,
+    slack_channel: str | None = None,
+    dashboards_path: str | None = None,
+) -> list[Path]:
+    """Writes the bundle into `directory` (created if missing) and returns the written paths.
+
+    `targets` are the sidecars' `host:port` addresses. `grafana_url`, when given,
+    links every alert to the dashboard. `dashboards_path` is where Grafana will
+    see `dashboard.json` (default: this folder, absolute). Existing files of the
+    bundle are replaced. Raises `UsageError` for bad targets or addresses.
+    """
+    for target in [*targets, alertmanager_address]:
+        _check_address(target)
+    if not targets:
+        raise UsageError("at least one scrape target (host:port) is needed")
+    _check_http_url("prometheus_url", prometheus_url)
+    if grafana_url is not None:
+        _check_http_url("grafana_url", grafana_url)
+
+    root = Path(directory)
+    dashboard_url = None
+    if grafana_url is not None:
+        dashboard_url = f"{grafana_url.rstrip('/')}/d/{dashboard_uid(title)}"
+    contents = {
+        "prometheus.yml": _prometheus_config(
+            targets, alertmanager_address, scrape_interval_seconds
+        ),
+        "rules.yml": generate_rules(
+            config,
+            for_seconds=for_seconds,
+            keep_firing_for_seconds=keep_firing_for_seconds,
+            dashboard_url=dashboard_url,
+        ),
+        "alertmanager.yml": generate_alertmanager_config(
+            pagerduty_routing_key_file=pagerduty_routing_key_file,
+            slack_webhook_url_file=slack_webhook_url_file,
+            webhook_url=webhook_url,
+            slack_channel=slack_channel,
+        ),
+        "dashboard.json": generate_dashboard(title, config) + "\n",
+        "grafana/provisioning/datasources/mhc.yml": _datasources(prometheus_url),
+        "grafana/provisioning/dashboards/mhc.yml": _dashboard_provider(
+            title, dashboards_path or str(root.resolve())
+        ),
+    }
+
+    written = []
+    for name in BUNDLE_FILES:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(contents[name], encoding="utf-8")
+        written.append(path)
+    logger.info("wrote the mhc-monitor bundle to %s (%d files)", root, len(written))
+    return written
+
+
+def _check_address(address: str) -> None:
+    try:
+        parts = urlsplit("//" + address)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{address!r} is not a host:port address") from exc
+    if not parts.hostname or port is None or parts.path or parts.query or "@" in address:
+        raise UsageError(f"{address!r} is not a host:port address")
+
+
+def _check_http_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"{name} must be an absolute http(s) URL, got {url!r}")
+
+
+def _dump(document: dict[str, Any]) -> str:
+    text: str = yaml.safe_dump(document, sort_keys=False, width=1000)
+    return text
+
+
+def _prometheus_config(targets: list[str], alertmanager: str, interval_seconds: float) -> str:
+    if not interval_seconds > 0:
+        raise UsageError(f"scrape_interval_seconds must be positive, got {interval_seconds!r}")
+    interval = format_duration(interval_seconds)
+    return _dump(
+        {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": ["rules.yml"],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+            "scrape_configs": [
+                {
+                    "job_name": SCRAPE_JOB,
+                    # The monitor's own constant labels (instance, model) name the
+                    # replica; they win over the scrape target's address.
+                    "honor_labels": True,
+                    "static_configs": [{"targets": list(targets)}],
+                }
+            ],
+        }
+    )
+
+
+def _datasources(prometheus_url: str) -> str:
+    return _dump(
+        {
+            "apiVersion": 1,
+            "datasources": [
+                {
+                    "name": "Prometheus (mhc-monitor)",
+                    "type": "prometheus",
+                    "uid": DATASOURCE_UID,
+                    "access": "proxy",
+                    "url": prometheus_url,
+                    "isDefault": True,
+                    "editable": False,
+                }
+            ],
+        }
+    )
+
+
+def _dashboard_provider(title: str, path: str) -> str:
+    return _dump(
+        {
+            "apiVersion": 1,
+            "providers": [
+                {
+                    "name": title,
+                    "orgId": 1,
+                    "type": "file",
+                    "disableDeletion": False,
+                    "allowUiUpdates": False,
+                    "options": {"path": path, "foldersFromFilesStructure": False},
+                }
+            ],
+        }
+    )

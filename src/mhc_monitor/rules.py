@@ -1,0 +1,193 @@
+"""Prometheus alerting and recording rules generated from the alert thresholds.
+
+Each alerting rule compares the window gauge of the statistic the monitor
+evaluates against the float32-rounded threshold in the exposed base unit,
+strictly, so that a rule fires on the same window as the in-process alert:
+`<` for lower-is-worse metrics, `>` otherwise, on `abs(...)` for curvature.
+Thresholds are written with `repr`, which Prometheus parses back to the same
+float64.
+
+Every level of a metric carries the same `metric` label, so Alertmanager can
+inhibit a lower level while a higher one fires for the same metric and instance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from .alerts import AlertConfig, AlertLevel, to_float32
+from .errors import UsageError
+from .metrics import METRICS, Direction, MetricSpec
+
+__all__ = [
+    "ALERTS_GROUP",
+    "RECORDING_GROUP",
+    "SEVERITY_BY_LEVEL",
+    "alert_expr",
+    "alert_name",
+    "format_duration",
+    "generate_rules",
+]
+
+ALERTS_GROUP = "mhc-monitor-alerts"
+RECORDING_GROUP = "mhc-monitor-fleet"
+
+#: Alert level to severity label, the same mapping as PagerDuty's event severity.
+SEVERITY_BY_LEVEL: Mapping[AlertLevel, str] = {
+    AlertLevel.INFO: "info",
+    AlertLevel.WARNING: "warning",
+    AlertLevel.CRITICAL: "error",
+    AlertLevel.EMERGENCY: "critical",
+}
+
+_RATE_WINDOW = "5m"
+_QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
+def alert_name(metric: str, level: AlertLevel) -> str:
+    """The alerting rule name for a metric and level, e.g. `MhcSinkhornIterationsWarning`."""
+    words = [*str(metric).split("_"), level.name.lower()]
+    return "Mhc" + "".join(word.capitalize() for word in words)
+
+
+def alert_expr(spec: MetricSpec, statistic: str, threshold: float) -> str:
+    """The PromQL condition under which `spec`'s window `statistic` is beyond `threshold`.
+
+    `threshold` is in recorded units (latency in ms); the expression compares in
+    the exposed base unit, at the float32 precision of the in-process evaluation.
+    """
+    # TODO: the exposition scales the window statistic in float64, so a latency
+    # mean within one float64 ulp above the threshold can round onto the scaled
+    # threshold and not fire here while the in-process alert does.
+    bound = to_float32(threshold) * spec.scale
+    gauge = f'{spec.window_series}{{stat="{statistic}"}}'
+    if spec.direction is Direction.MAGNITUDE_IS_WORSE:
+        gauge = f"abs({gauge})"
+    relation = "<" if spec.direction is Direction.LOWER_IS_WORSE else ">"
+    return f"{gauge} {relation} {bound!r}"
+
+
+def format_duration(seconds: float) -> str:
+    """A Prometheus duration for a number of seconds, to the millisecond ("90s", "1500ms")."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UsageError(f"a duration must be a finite number of seconds >= 0, got {seconds!r}")
+    millis = round(seconds * 1000)
+    if millis == 0 and seconds > 0:
+        raise UsageError(f"a duration must be at least 1 ms, got {seconds!r} s")
+    if millis % 1000 == 0:
+        return f"{millis // 1000}s"
+    return f"{millis}ms"
+
+
+def generate_rules(
+    config: AlertConfig,
+    *,
+    for_seconds: float = 0,
+    keep_firing_for_seconds: float = 0,
+    dashboard_url: str | None = None,
+) -> str:
+    """A Prometheus rule file (YAML): one alerting rule per metric and configured level,
+    and recording rules for fleet aggregates.
+
+    `for` and `keep_firing_for` (Prometheus >= 2.42) are written only when
+    non-zero; `dashboard_url` becomes each alert's `dashboard` annotation.
+    Raises `UsageError` for a negative or non-finite duration.
+    """
+    # TODO: the in-process lifecycle's per-metric `for` and its clear margin are not
+    # carried into the rules, so a rule resolves as soon as the gauge is back within
+    # the threshold while the in-process alert waits for the margin.
+    timing: dict[str, str] = {}
+    for key, seconds in (("for", for_seconds), ("keep_firing_for", keep_firing_for_seconds)):
+        duration = format_duration(seconds)
+        if seconds:
+            timing[key] = duration
+
+    alerting = [
+        _alerting_rule(spec, level, threshold, config.statistic(spec.name), timing, dashboard_url)
+        for spec in METRICS
+        for level, threshold in config.thresholds(spec.name)
+    ]
+    document = {
+        "groups": [
+            {"name": ALERTS_GROUP, "rules": alerting},
+            {"name": RECORDING_GROUP, "rules": _recording_rules()},
+        ]
+    }
+    text: str = yaml.safe_dump(document, sort_keys=False, width=1000)
+    return text
+
+
+def _alerting_rule(
+    spec: MetricSpec,
+    level: AlertLevel,
+    threshold: float,
+    statistic: str,
+    timing: Mapping[str, str],
+    dashboard_url: str | None,
+) -> dict[str, Any]:
+    level_name = level.name.lower()
+    relation = "below" if spec.direction is Direction.LOWER_IS_WORSE else "above"
+    shown = f"|{statistic}|" if spec.direction is Direction.MAGNITUDE_IS_WORSE else statistic
+    unit = " ms" if spec.config_suffix == "_ms" else ""
+    base_unit = f" {spec.unit}" if spec.unit and spec.unit != "ratio" else ""
+    annotations = {
+        "summary": (
+            f"{spec.name} window {shown} {relation} the {level_name} threshold "
+            f"{threshold:g}{unit} on {{{{ $labels.instance }}}}"
+        ),
+        "description": (
+            f"The {spec.name} window {shown} of {{{{ $labels.instance }}}} is "
+            f"{{{{ $value }}}}{base_unit}, {relation} the {level_name} threshold "
+            f"{threshold:g}{unit}."
+        ),
+    }
+    if dashboard_url is not None:
+        annotations["dashboard"] = dashboard_url
+    return {
+        "alert": alert_name(spec.name, level),
+        "expr": alert_expr(spec, statistic, threshold),
+        **timing,
+        "labels": {
+            "severity": SEVERITY_BY_LEVEL[level],
+            "metric": str(spec.name),
+            "level": level_name,
+        },
+        "annotations": annotations,
+    }
+
+
+def _recording_rules() -> list[dict[str, str]]:
+    rules: list[dict[str, str]] = []
+    for spec in METRICS:
+        short = spec.series.removeprefix("mhc_")
+        buckets = f"sum by (le, model) (rate({spec.series}_bucket[{_RATE_WINDOW}]))"
+        for name, quantile in _QUANTILES:
+            rules.append(
+                {
+                    "record": f"mhc:{short}:{name}_{_RATE_WINDOW}",
+                    "expr": f"histogram_quantile({quantile}, {buckets})",
+                }
+            )
+        count = f"sum by (model) (rate({spec.series}_count[{_RATE_WINDOW}]))"
+        total = f"sum by (model) (rate({spec.series}_sum[{_RATE_WINDOW}]))"
+        rules.append({"record": f"mhc:{short}:mean_{_RATE_WINDOW}", "expr": f"{total} / {count}"})
+        rules.append({"record": f"mhc:{short}:samples_rate{_RATE_WINDOW}", "expr": count})
+    rules += [
+        {"record": "mhc:alert_level:max", "expr": "max by (model, metric) (mhc_alert_level)"},
+        {
+            "record": f"mhc:samples_rejected:rate{_RATE_WINDOW}",
+            "expr": (
+                "sum by (model, metric, reason) "
+                f"(rate(mhc_samples_rejected_total[{_RATE_WINDOW}]))"
+            ),
+        },
+        {
+            "record": f"mhc:notifications:rate{_RATE_WINDOW}",
+            "expr": f"sum by (receiver, outcome) (rate(mhc_notifications_total[{_RATE_WINDOW}]))",
+        },
+    ]
+    return rules

@@ -1,0 +1,136 @@
+"""The exported bundle: every file in place, consistent with the generators, promtool-clean."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mhc_monitor.alertmanager_config import generate_alertmanager_config
+from mhc_monitor.alerts import AlertConfig
+from mhc_monitor.bundle import BUNDLE_FILES, DATASOURCE_UID, SCRAPE_JOB, export_bundle
+from mhc_monitor.errors import UsageError
+from mhc_monitor.grafana import dashboard_uid, generate_dashboard
+from mhc_monitor.rules import generate_rules
+
+PROMTOOL = shutil.which("promtool")
+TARGETS = ["127.0.0.1:9401", "127.0.0.1:9402", "localhost:9403"]
+CONFIG = AlertConfig(sinkhorn_iters_warning=30.0, statistics={"latency": "p99"})
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    return document
+
+
+def _export(directory: Path, **kwargs: Any) -> list[Path]:
+    return export_bundle(directory, config=CONFIG, targets=TARGETS, **kwargs)
+
+
+def test_bundle_writes_every_file(tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    written = _export(root)
+    assert written == [root / name for name in BUNDLE_FILES]
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert found == sorted(BUNDLE_FILES)
+
+
+def test_bundle_files_match_the_generators(tmp_path: Path) -> None:
+    _export(
+        tmp_path,
+        title="fleet",
+        grafana_url="http://grafana.local:3000/",
+        for_seconds=30,
+        webhook_url="http://127.0.0.1:9/hook",
+        pagerduty_routing_key_file="/run/secrets/pd",
+    )
+    assert json.loads((tmp_path / "dashboard.json").read_text()) == json.loads(
+        generate_dashboard("fleet", CONFIG)
+    )
+    assert (tmp_path / "rules.yml").read_text() == generate_rules(
+        CONFIG,
+        for_seconds=30,
+        dashboard_url=f"http://grafana.local:3000/d/{dashboard_uid('fleet')}",
+    )
+    assert (tmp_path / "alertmanager.yml").read_text() == generate_alertmanager_config(
+        pagerduty_routing_key_file="/run/secrets/pd",
+        slack_webhook_url_file=None,
+        webhook_url="http://127.0.0.1:9/hook",
+    )
+
+
+def test_prometheus_config_scrapes_targets_and_alerts(tmp_path: Path) -> None:
+    _export(tmp_path, alertmanager_address="127.0.0.1:19093", scrape_interval_seconds=5)
+    config = _yaml(tmp_path / "prometheus.yml")
+    assert config["rule_files"] == ["rules.yml"]
+    assert config["global"] == {"scrape_interval": "5s", "evaluation_interval": "5s"}
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == SCRAPE_JOB
+    assert job["static_configs"] == [{"targets": TARGETS}]
+    alertmanagers = config["alerting"]["alertmanagers"]
+    assert alertmanagers == [{"static_configs": [{"targets": ["127.0.0.1:19093"]}]}]
+
+
+def test_grafana_provisioning(tmp_path: Path) -> None:
+    _export(tmp_path, prometheus_url="http://prom:9090", dashboards_path="/var/lib/mhc")
+    provisioning = tmp_path / "grafana" / "provisioning"
+    (datasource,) = _yaml(provisioning / "datasources" / "mhc.yml")["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prom:9090"
+    assert datasource["uid"] == DATASOURCE_UID
+    (provider,) = _yaml(provisioning / "dashboards" / "mhc.yml")["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/mhc"
+    _export(tmp_path / "default")
+    (provider,) = _yaml(tmp_path / "default" / "grafana/provisioning/dashboards/mhc.yml")[
+        "providers"
+    ]
+    assert provider["options"]["path"] == str((tmp_path / "default").resolve())
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool missing")
+def test_promtool_check_config_is_clean_in_the_exported_folder(tmp_path: Path) -> None:
+    _export(tmp_path, for_seconds=60, keep_firing_for_seconds=120)
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in output
+    rule_count = 16 + 33  # 15 default levels + Sinkhorn warning; 33 recording rules
+    assert f"SUCCESS: {rule_count} rules found" in output
+    assert "WARNING" not in output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"targets": []}, "at least one scrape target"),
+        ({"targets": ["http://127.0.0.1:9400"]}, "not a host:port"),
+        ({"targets": ["127.0.0.1"]}, "not a host:port"),
+        ({"targets": ["127.0.0.1:9400/metrics"]}, "not a host:port"),
+        ({"targets": ["127.0.0.1:99999"]}, "not a host:port"),
+        ({"alertmanager_address": "alertmanager"}, "not a host:port"),
+        ({"prometheus_url": "prom:9090"}, "prometheus_url"),
+        ({"grafana_url": "grafana"}, "grafana_url"),
+        ({"scrape_interval_seconds": 0}, "scrape_interval_seconds"),
+    ],
+)
+def test_bad_arguments_raise_usage_error_and_write_nothing(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    arguments: dict[str, Any] = {"config": CONFIG, "targets": TARGETS, **kwargs}
+    with pytest.raises(UsageError, match=message):
+        export_bundle(tmp_path / "out", **arguments)
+    assert not (tmp_path / "out").exists()
