@@ -89,7 +89,11 @@ class Prometheus(_Process):
                 "evaluation_interval": evaluation_interval,
             },
             "scrape_configs": [
-                {"job_name": "mhc", "static_configs": [{"targets": targets}]},
+                {
+                    "job_name": "mhc",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": targets}],
+                },
             ],
         }
         if rule_files:

@@ -22,15 +22,32 @@ def demo(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "demo.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mhc_monitor", "demo", "--port", str(port), "--duration", "120",
-         "--window", "200", "--label", "model=demo-ngram", "--label", "instance=e2e"],
+        [
+            sys.executable,
+            "-m",
+            "mhc_monitor",
+            "demo",
+            "--port",
+            str(port),
+            "--duration",
+            "120",
+            "--window",
+            "200",
+            "--label",
+            "model=demo-ngram",
+            "--label",
+            "instance=e2e",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
-                   timeout=60, what="the demo's sidecar")
+        wait_until(
+            lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200,
+            timeout=60,
+            what="the demo's sidecar",
+        )
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -53,22 +70,26 @@ def test_demo_is_scraped_by_a_real_prometheus(demo: str, tmp_path: Path) -> None
 
         acceptance = wait_until(
             lambda: value('mhc_acceptance_window_ratio{stat="mean",instance="e2e"}'),
-            timeout=60, what="acceptance series in Prometheus",
+            timeout=60,
+            what="acceptance series in Prometheus",
         )
         latency = wait_until(
             lambda: value('mhc_latency_window_seconds{stat="mean",model="demo-ngram"}'),
-            timeout=30, what="latency series in Prometheus",
+            timeout=30,
+            what="latency series in Prometheus",
         )
         sinkhorn = wait_until(
             lambda: value('mhc_sinkhorn_iterations_window{stat="mean"}'),
-            timeout=30, what="Sinkhorn series in Prometheus",
+            timeout=30,
+            what="Sinkhorn series in Prometheus",
         )
         assert 0.5 < acceptance <= 1.0
         assert 0.0 < latency < 0.05
         assert 1.0 <= sinkhorn < 1000
         rate = wait_until(
             lambda: value("rate(mhc_latency_seconds_count[5s])"),
-            timeout=30, what="a positive step rate",
+            timeout=30,
+            what="a positive step rate",
         )
         assert rate > 1
         up = prom.query('up{job="mhc"}')
@@ -77,6 +98,7 @@ def test_demo_is_scraped_by_a_real_prometheus(demo: str, tmp_path: Path) -> None
     scrape = httpx.get(f"{demo}/metrics", timeout=5).text
     promtool = shutil.which("promtool")
     assert promtool
-    check = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True,
-                           text=True, timeout=30)
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=scrape, capture_output=True, text=True, timeout=30
+    )
     assert (check.returncode, check.stdout, check.stderr) == (0, "", "")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -49,6 +48,24 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _graceful_server_class() -> Any:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):  # type: ignore[misc]
+        """Stops on SIGINT/SIGTERM and returns, instead of re-raising the signal afterwards."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+    return GracefulServer
+
+
+def _GracefulServer(config: Any) -> Any:  # noqa: N802
+    return _graceful_server_class()(config)
+
+
 class _Server:
     """uvicorn on a socket bound beforehand, so a busy port is a clear error."""
 
@@ -61,7 +78,7 @@ class _Server:
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
         )
-        self.server = uvicorn.Server(config)
+        self.server = _GracefulServer(config)
 
     def run(self) -> None:
         self.server.run(sockets=[self.socket])
@@ -219,15 +236,158 @@ def ingest(source: IO[str], url: str, batch_size: int, token_env: str) -> None:
         sys.exit(1)
 
 
+def _load_settings(path: str | None) -> Any:
+    """The settings of a config file (defaults without one); a bad file is a clear error."""
+    from .config import Settings, load_config
+
+    if path is None:
+        return Settings()
+    try:
+        return load_config(path)
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML configuration (thresholds, lifecycle, receivers).",
+)
+
+
+@main.command()
+@_config_option
+@click.option(
+    "--for",
+    "for_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a rule must hold before firing (default: the config's).",
+)
+@click.option(
+    "--keep-firing-for", "keep_s", type=click.FloatRange(min=0), default=0.0, show_default=True
+)
+@click.option("--dashboard-url", help="Link put in every alert's annotations.")
+def rules(
+    config_path: str | None, for_s: float | None, keep_s: float, dashboard_url: str | None
+) -> None:
+    """Print Prometheus alerting and recording rules for the thresholds."""
+    from .rules import generate_rules
+
+    settings = _load_settings(config_path)
+    if for_s is None:
+        for_s = settings.alerting.lifecycle.for_s
+    _echo_generated(
+        lambda: generate_rules(
+            settings.alert_config,
+            for_seconds=for_s,
+            keep_firing_for_seconds=keep_s,
+            dashboard_url=dashboard_url,
+        )
+    )
+
+
+def _echo_generated(generate: Any) -> None:
+    try:
+        text = generate()
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(text, nl=False)
+
+
+_receiver_options = [
+    click.option("--pagerduty-routing-key-file", help="File holding the PagerDuty routing key."),
+    click.option("--slack-webhook-url-file", help="File holding the Slack webhook URL."),
+    click.option("--webhook-url", help="A generic webhook receiver for info alerts."),
+    click.option("--slack-channel", help="Slack channel override."),
+]
+
+
+def _with_receivers(f: Any) -> Any:
+    for option in reversed(_receiver_options):
+        f = option(f)
+    return f
+
+
+@main.command("alertmanager-config")
+@_with_receivers
+def alertmanager_config(
+    pagerduty_routing_key_file: str | None,
+    slack_webhook_url_file: str | None,
+    webhook_url: str | None,
+    slack_channel: str | None,
+) -> None:
+    """Print an Alertmanager configuration: receivers by severity, inhibition of lower levels."""
+    from .alertmanager_config import generate_alertmanager_config
+
+    _echo_generated(
+        lambda: generate_alertmanager_config(
+            pagerduty_routing_key_file=pagerduty_routing_key_file,
+            slack_webhook_url_file=slack_webhook_url_file,
+            webhook_url=webhook_url,
+            slack_channel=slack_channel,
+        )
+    )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="HOST:PORT",
+    help="A sidecar for Prometheus to scrape (repeatable).",
+)
+@_config_option
+@click.option("--alertmanager", default="127.0.0.1:9093", show_default=True)
+@click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True)
+@click.option("--grafana-url", help="Grafana's address, for dashboard links in alerts.")
+@click.option("--scrape-interval", default=15.0, show_default=True, type=click.FloatRange(min=1))
+@_with_receivers
+def export(
+    directory: str,
+    targets: tuple[str, ...],
+    config_path: str | None,
+    alertmanager: str,
+    prometheus_url: str,
+    grafana_url: str | None,
+    scrape_interval: float,
+    pagerduty_routing_key_file: str | None,
+    slack_webhook_url_file: str | None,
+    webhook_url: str | None,
+    slack_channel: str | None,
+) -> None:
+    """Write dashboard, provisioning, rules, Alertmanager and Prometheus configs to DIRECTORY."""
+    from .bundle import export_bundle
+
+    settings = _load_settings(config_path)
+    try:
+        paths = export_bundle(
+            directory,
+            config=settings.alert_config,
+            targets=list(targets),
+            alertmanager_address=alertmanager,
+            prometheus_url=prometheus_url,
+            grafana_url=grafana_url,
+            scrape_interval_seconds=scrape_interval,
+            for_seconds=settings.alerting.lifecycle.for_s,
+            pagerduty_routing_key_file=pagerduty_routing_key_file,
+            slack_webhook_url_file=slack_webhook_url_file,
+            webhook_url=webhook_url,
+            slack_channel=slack_channel,
+        )
+    except (MonitorError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in paths:
+        click.echo(path)
+
+
 def _numbered(source: IO[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(source, start=1):
         yield number, line
-
-
-def _wait(stop: threading.Event, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        stop.wait(min(0.5, deadline - time.monotonic()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,15 +68,21 @@ class CharNgramModel:
         """The number of characters in the vocabulary."""
         return len(self.vocab)
 
+    def truncated(self, order: int) -> CharNgramModel:
+        """The same counts used only up to `order`: a smaller model sharing the arrays."""
+        if not 1 <= order <= self.order:
+            raise ValueError(f"order must lie in [1, {self.order}], got {order}")
+        return CharNgramModel(order, self.vocab, self.discount, self._index, self._levels[:order])
+
     def encode(self, text: str) -> list[int]:
-        """Character indices of `text`; characters outside the vocabulary are skipped."""
+        """Character indices of `text`; a character outside the vocabulary maps to -1."""
         index = self._index
-        return [index[ch] for ch in text if ch in index]
+        return [index.get(ch, -1) for ch in text]
 
     def seen(self, context: str) -> bool:
-        """Whether `context` (as a whole history) occurred in training."""
+        """Whether `context` (as a whole history) occurred in training before a character."""
         ids = self.encode(context)
-        if len(ids) != len(context) or len(ids) >= self.order:
+        if -1 in ids or len(ids) >= self.order:
             return False
         return self._history_total(len(ids), self._history_id(ids)) > 0.0
 
@@ -86,8 +92,9 @@ class CharNgramModel:
         Only the last `order - 1` characters count. A `temperature` below 1 sharpens
         the law (p ** (1 / T), renormalised), as a sampler would.
         """
-        ids = self.encode(context[-(self.order - 1) :] if self.order > 1 else "")
-        dist = self._interpolated(ids[-(self.order - 1) :] if self.order > 1 else [])
+        history = self.order - 1
+        ids = self.encode(context[-history:]) if history else []
+        dist = self._interpolated(ids)
         if temperature != 1.0:
             dist = dist ** (1.0 / temperature)
             dist /= dist.sum()
@@ -97,6 +104,10 @@ class CharNgramModel:
         size = self.size
         dist = np.full(size, 1.0 / size)
         for k in range(len(ids) + 1):
+            if k > 0 and ids[-k] < 0:
+                # A character never seen in training: this history and every longer one are
+                # unseen, so the lower orders stand.
+                break
             history = self._history_id(ids[len(ids) - k :])
             level = self._levels[k]
             lo, hi = np.searchsorted(level.keys, [history * size, (history + 1) * size])
