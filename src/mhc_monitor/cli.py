@@ -171,6 +171,13 @@ def _make_monitor(labels: tuple[str, ...], window: int) -> GeometricSpeculationM
     help="Recover after degrading this long (default: stay degraded).",
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Most engine steps per second; 0 runs as fast as one core allows.",
+)
 @click.option("--quiet", is_flag=True, help="Do not print the live summary.")
 @_monitor_options
 def demo(
@@ -180,6 +187,7 @@ def demo(
     degrade_after: float | None,
     degrade_for: float | None,
     seed: int,
+    rate: float,
     quiet: bool,
     labels: tuple[str, ...],
     window: int,
@@ -196,6 +204,7 @@ def demo(
         degrade_for=degrade_for,
         seed=seed,
         echo=None if quiet else click.echo,
+        rate=rate,
     )
 
 

@@ -69,11 +69,13 @@ def run_demo(
     echo: Callable[[str], None] | None,
     alerting: AlertSource | None = None,
     summary_every: float = 2.0,
+    rate: float = 0.0,
 ) -> int:
     """Run the workload into `monitor` with the sidecar serving it; returns the steps run.
 
     Stops after `duration` seconds (0: never) or when the server is told to
-    exit (Ctrl-C, SIGTERM).
+    exit (Ctrl-C, SIGTERM). `rate` caps the engine's steps per second (0: as
+    fast as one core runs it).
     """
     from .workload import run_workload
 
@@ -82,8 +84,15 @@ def run_demo(
     steps = [0]
     started = time.monotonic()
 
+    interval = 1.0 / rate if rate else 0.0
+
     def count(_: object) -> None:
         steps[0] += 1
+        if interval:
+            # Pace the engine: sleep until this step's slot, never to catch up on a backlog.
+            behind = started + steps[0] * interval - time.monotonic()
+            if behind > 0:
+                time.sleep(behind)
 
     recover_after = None
     if degrade_after is not None and degrade_for is not None:
