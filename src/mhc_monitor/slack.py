@@ -150,5 +150,5 @@ def _checked_channel(channel: str) -> str:
     if not name:
         raise UsageError("Slack channel is empty; pass None to use the webhook's own channel")
     if len(name) > CHANNEL_MAX:
-        raise UsageError(f"Slack channel name has {len(name)} characters, at most 80 are allowed")
+        raise UsageError(f"Slack channel name has {len(name)} characters, at most {CHANNEL_MAX}")
     return name
