@@ -93,7 +93,9 @@ def bench_record(short: bool) -> Row:
     return Row("record_latency per call", mine / 1000, theirs / 1000, "s", "<= 0.5x", None)
 
 
-def full_monitor(window: int = 1000, labels: dict[str, str] | None = None) -> GeometricSpeculationMonitor:
+def full_monitor(
+    window: int = 1000, labels: dict[str, str] | None = None
+) -> GeometricSpeculationMonitor:
     rng = np.random.default_rng(2)
     monitor = GeometricSpeculationMonitor(
         AlertConfig(sinkhorn_iters_warning=50), window=window, labels=labels
@@ -154,8 +156,9 @@ def reference_registry(monitor: GeometricSpeculationMonitor) -> CollectorRegistr
             bounds = sorted(
                 float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")
             )
-            h = Histogram(family.name, family.documentation, names, registry=registry,
-                          buckets=bounds)
+            h = Histogram(
+                family.name, family.documentation, names, registry=registry, buckets=bounds
+            )
             h.labels(*values).observe(1.0)
         elif family.type == "counter":
             c = Counter(family.name, family.documentation, names + extra, registry=registry)
@@ -189,7 +192,9 @@ def bench_render(short: bool) -> list[Row]:
         collector.add(full_monitor(window=200, labels={"model": "m", "instance": f"i{i}"}))
     many.register(collector)
     t = per_call(lambda: generate_latest(many), 2 if short else 10, 3)
-    rows.append(Row("/metrics render, 100 labelled monitors", t, None, "s", "<= 0.050 s", t <= 0.05))
+    rows.append(
+        Row("/metrics render, 100 labelled monitors", t, None, "s", "<= 0.050 s", t <= 0.05)
+    )
     return rows
 
 
@@ -292,8 +297,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="quick run: checks, not timings")
     args = parser.parse_args()
-    rows = [bench_record(args.short), *bench_summary(args.short), *bench_render(args.short),
-            bench_ingest(args.short), bench_memory()]
+    rows = [
+        bench_record(args.short),
+        *bench_summary(args.short),
+        *bench_render(args.short),
+        bench_ingest(args.short),
+        bench_memory(),
+    ]
     rows = [judge(r) if r.target != "(info)" else r for r in rows]
     header = f"{'figure':48} {'measured':>12} {'reference':>12} {'ratio':>8}  target"
     print(header)
@@ -301,8 +311,10 @@ def main() -> int:
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.3f}x"
         mark = "" if r.ok is None else ("  ok" if r.ok else "  MISSED")
-        print(f"{r.figure:48} {show(r.measured, r.unit):>12} {show(r.reference, r.unit):>12} "
-              f"{ratio:>8}  {r.target}{mark}")
+        print(
+            f"{r.figure:48} {show(r.measured, r.unit):>12} {show(r.reference, r.unit):>12} "
+            f"{ratio:>8}  {r.target}{mark}"
+        )
     if args.short:
         print("(short run: figures are not meaningful, only that every benchmark works)")
     return 0

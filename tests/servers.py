@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import yaml
+
 from conftest import free_port
 
 

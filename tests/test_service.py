@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sidecar import client, running
 
 from mhc_monitor import GeometricSpeculationMonitor
 from mhc_monitor.service import create_app
+from sidecar import client, running
 
 
 @pytest.fixture

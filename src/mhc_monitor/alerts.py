@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import math
 import struct
 from collections.abc import Mapping
@@ -93,7 +94,7 @@ class AlertConfig:
         return hash(tuple(getattr(self, f.name) for f in fields(self) if f.name != "statistics"))
 
     def thresholds(self, metric: str) -> tuple[tuple[AlertLevel, float], ...]:
-        """The configured (level, threshold) pairs of a metric, warning first, in recorded units."""
+        """The configured (level, threshold) pairs of a metric, warning first, recorded units."""
         spec = spec_for(metric)
         pairs = []
         for level in _LEVELS_UP:
@@ -161,7 +162,7 @@ def _threshold_problems(config: AlertConfig) -> list[str]:
 def _order_problems(spec: MetricSpec, values: list[tuple[str, float]]) -> list[str]:
     problems = []
     lower_worse = spec.direction is Direction.LOWER_IS_WORSE
-    for (name_a, a), (name_b, b) in zip(values, values[1:], strict=False):
+    for (name_a, a), (name_b, b) in itertools.pairwise(values):
         ok = a > b if lower_worse else a < b
         if not ok:
             relation = "above" if lower_worse else "below"

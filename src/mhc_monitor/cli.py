@@ -51,7 +51,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _graceful_server_class() -> Any:
     import uvicorn
 
-    class GracefulServer(uvicorn.Server):  # type: ignore[misc]
+    class GracefulServer(uvicorn.Server):
         """Stops on SIGINT/SIGTERM and returns, instead of re-raising the signal afterwards."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -62,7 +62,7 @@ def _graceful_server_class() -> Any:
     return GracefulServer
 
 
-def _GracefulServer(config: Any) -> Any:  # noqa: N802
+def _GracefulServer(config: Any) -> Any:
     return _graceful_server_class()(config)
 
 
@@ -395,8 +395,7 @@ def export(
 
 
 def _numbered(source: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(source, start=1):
-        yield number, line
+    yield from enumerate(source, start=1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,7 +101,7 @@ class MonitorCollector(Collector):
             values = _label_values(monitor.labels, names)
             snap = monitor.histogram(spec.name)
             buckets = [
-                (floatToGoString(bound * scale), float(count))
+                (floatToGoString(bound * scale), float(count))  # type: ignore[no-untyped-call]
                 for bound, count in zip(snap.bounds, snap.cumulative, strict=True)
             ]
             buckets.append(("+Inf", float(snap.count)))
@@ -115,7 +115,9 @@ class MonitorCollector(Collector):
 
     def _common_families(self, names: list[str]) -> Iterator[Metric]:
         samples = GaugeMetricFamily(
-            "mhc_window_samples", "Samples currently in the metric's window.", labels=[*names, "metric"]
+            "mhc_window_samples",
+            "Samples currently in the metric's window.",
+            labels=[*names, "metric"],
         )
         level = GaugeMetricFamily(
             "mhc_alert_level",

@@ -55,9 +55,7 @@ class BatchResult:
 
 
 def _unknown(key: object, where: str) -> IngestError:
-    return IngestError(
-        f"unknown metric {key!r}{where}; known metrics: {', '.join(INGEST_KEYS)}"
-    )
+    return IngestError(f"unknown metric {key!r}{where}; known metrics: {', '.join(INGEST_KEYS)}")
 
 
 def parse_batch(body: Any) -> dict[MetricSpec, list[Any]]:
@@ -128,7 +126,7 @@ def _record_mixed(
     monitor: GeometricSpeculationMonitor, spec: MetricSpec, values: list[Any]
 ) -> tuple[int, dict[str, int]]:
     # JSON true/false and strings would pass numpy's conversion; they are bad samples here.
-    numbers = [v for v in values if v.__class__ in _NUMBER_TYPES]
+    numbers: list[float] = [v for v in values if v.__class__ in _NUMBER_TYPES]  # type: ignore[misc]
     accepted, rejected = monitor.record_batch(spec.name, numbers) if numbers else (0, {})
     bad = len(values) - len(numbers)
     if bad:

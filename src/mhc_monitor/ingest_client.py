@@ -94,7 +94,9 @@ class IngestClient:
             return
         if response.status_code != 200:
             report.failed += size
-            report.problems.append(f"sidecar answered {response.status_code}: {_message(response)}")
+            report.problems.append(
+                f"sidecar answered {response.status_code}: {_message(response)}"
+            )
             return
         body = response.json()
         report.accepted += body["accepted"]

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from .alerts import Alert, AlertConfig, AlertLevel, describe_crossing, make_dedup_key
 from .buffer import MetricsBuffer, WindowStats
 from .errors import UsageError
-from .metrics import METRICS, Direction, MetricName, MetricSpec, spec_for
+from .metrics import METRICS, Direction, MetricName, MetricSpec
 
 __all__ = [
     "REJECT_REASONS",
@@ -165,10 +165,7 @@ class _Window(MetricsBuffer):
         inf = np.isinf(arr)
         finite = ~(nan | inf)
         in_range = finite & (arr >= self._lower) & (arr <= self._upper)
-        if self.spec.integer:
-            good = in_range & (np.floor(arr) == arr)
-        else:
-            good = in_range
+        good = in_range & (np.floor(arr) == arr) if self.spec.integer else in_range
         rejected = {
             "nan": int(nan.sum()),
             "infinite": int(inf.sum()),
