@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from dataclasses import replace
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .errors import MonitorError
+from .config import INGEST_TOKEN_ENV
+from .errors import DeliveryError, MonitorError
 from .monitor import GeometricSpeculationMonitor
 from .service import DEFAULT_HOST, DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from .config import AlertingSettings, Settings
+    from .delivery import Alerting
 
 __all__ = ["main"]
 
 logger = logging.getLogger("mhc_monitor.cli")
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+#: Seconds a stopping sidecar spends delivering queued notifications.
+_STOP_TIMEOUT_S = 3.0
 
 
 def _parse_labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -102,10 +111,31 @@ def _monitor_options(f: Any) -> Any:
         "labels",
         multiple=True,
         metavar="NAME=VALUE",
-        help="Constant label on every series and alert (repeatable).",
+        help="Constant label on every series and alert (repeatable; adds to the config's).",
     )(f)
     f = click.option(
-        "--window", default=1000, show_default=True, help="Samples per metric window."
+        "--window",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Samples per metric window  [default: the config's, else 1000]",
+    )(f)
+    return f
+
+
+def _alerting_options(f: Any) -> Any:
+    f = click.option(
+        "--store",
+        "store_path",
+        metavar="FILE",
+        default=None,
+        help="SQLite file of alert history and outbox; ':memory:' keeps nothing on disk.",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML configuration (thresholds, lifecycle, receivers, service).",
     )(f)
     return f
 
@@ -120,32 +150,138 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # httpx logs every request line at INFO: noise in a service log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _runtime_settings(config_path: str | None) -> Settings:
+    """The settings of `--config`, or defaults plus what the environment switches on."""
+    from .config import load_config, parse_config
+
+    try:
+        if config_path is None:
+            return parse_config("", name="the environment (no --config)")
+        return load_config(config_path)
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _make_monitor(
+    labels: tuple[str, ...],
+    window: int | None,
+    settings: Settings | None = None,
+    default_labels: tuple[str, ...] = (),
+) -> GeometricSpeculationMonitor:
+    from .config import Settings
+
+    settings = settings or Settings()
+    merged = {**settings.labels, **_parse_labels(labels)}
+    if not merged:
+        merged = _parse_labels(default_labels)
+    try:
+        return GeometricSpeculationMonitor(
+            settings.alert_config,
+            window=settings.window if window is None else window,
+            labels=merged,
+            source=settings.source,
+        )
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _start_alerting(
+    monitor: GeometricSpeculationMonitor, settings: AlertingSettings, store_path: str
+) -> Alerting:
+    """`Alerting` for `monitor`, started; a store or receiver that cannot be used is an error."""
+    from .delivery import Alerting
+
+    try:
+        alerting = Alerting(monitor, settings, store_path)
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    alerting.start()
+    receivers = ", ".join(f"{r.name} ({r.kind})" for r in alerting.receivers)
+    logger.info("alerting to %s; alert store %s", receivers, store_path)
+    return alerting
+
+
+def _stop_alerting(alerting: Alerting, timeout: float = _STOP_TIMEOUT_S) -> None:
+    """Deliver what can be delivered within `timeout` s; the rest stays in the outbox."""
+    try:
+        stopped = alerting.stop(timeout)
+        queued = sum(r["queued"] for r in alerting.receivers_view()["receivers"].values())
+    except KeyboardInterrupt:
+        logger.warning("interrupted while stopping; undelivered notifications stay queued")
+        return
+    if queued:
+        path = alerting.store.path
+        if path == ":memory:":
+            logger.warning("%d undelivered notification(s) lost: the store is in memory", queued)
+        else:
+            logger.warning(
+                "%d undelivered notification(s) left in %s; the next start delivers them",
+                queued,
+                path,
+            )
+    if stopped:
+        alerting.store.close()
+
+
+def _ingest_token(settings: Settings, token_env: str) -> str | None:
+    if token_env != INGEST_TOKEN_ENV:
+        return os.environ.get(token_env) or None
+    return settings.service.token.reveal() if settings.service.token else None
 
 
 @main.command()
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--token-env", default="MHC_INGEST_TOKEN", show_default=True, hidden=True)
+@click.option(
+    "--host",
+    default=None,
+    help=f"Address to listen on  [default: the config's, else {DEFAULT_HOST}]",
+)
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help=f"Port to listen on  [default: the config's, else {DEFAULT_PORT}]",
+)
+@click.option("--token-env", default=INGEST_TOKEN_ENV, show_default=True, hidden=True)
+@_alerting_options
 @_monitor_options
-def serve(host: str, port: int, token_env: str, labels: tuple[str, ...], window: int) -> None:
-    """Run the sidecar: POST /v1/samples in, /metrics and /v1/summary out."""
-    import os
+def serve(
+    host: str | None,
+    port: int | None,
+    token_env: str,
+    config_path: str | None,
+    store_path: str | None,
+    labels: tuple[str, ...],
+    window: int | None,
+) -> None:
+    """Run the sidecar: POST /v1/samples in; /metrics, /v1/summary and /v1/alerts out.
 
+    Alerts go through their lifecycle to the configured receivers (PagerDuty,
+    Slack; the log when none is configured), with history and outbox in the
+    SQLite --store (default: the config's service.store, ./mhc-monitor.sqlite3).
+    SIGTERM or Ctrl-C delivers what it can within a few seconds and exits.
+    """
     from .service import create_app
 
-    monitor = _make_monitor(labels, window)
-    token = os.environ.get(token_env) or None
+    settings = _runtime_settings(config_path)
+    monitor = _make_monitor(labels, window, settings)
+    host = settings.service.host if host is None else host
+    port = settings.service.port if port is None else port
+    token = _ingest_token(settings, token_env)
     _warn_if_exposed(host, token)
-    server = _Server(create_app(monitor, token=token), host, port)
-    click.echo(f"mhc-monitor sidecar on http://{host}:{server.port}/metrics", err=True)
-    server.run()
-
-
-def _make_monitor(labels: tuple[str, ...], window: int) -> GeometricSpeculationMonitor:
+    alerting = _start_alerting(
+        monitor, settings.alerting, store_path or settings.service.store_path
+    )
     try:
-        return GeometricSpeculationMonitor(window=window, labels=_parse_labels(labels))
-    except MonitorError as exc:
-        raise click.ClickException(str(exc)) from None
+        server = _Server(create_app(monitor, token=token, alerting=alerting), host, port)
+        click.echo(f"mhc-monitor sidecar on http://{host}:{server.port}/metrics", err=True)
+        server.run()
+    finally:
+        _stop_alerting(alerting)
 
 
 @main.command()
@@ -179,6 +315,7 @@ def _make_monitor(labels: tuple[str, ...], window: int) -> GeometricSpeculationM
     help="Most engine steps per second; 0 runs as fast as one core allows.",
 )
 @click.option("--quiet", is_flag=True, help="Do not print the live summary.")
+@_alerting_options
 @_monitor_options
 def demo(
     host: str,
@@ -189,23 +326,83 @@ def demo(
     seed: int,
     rate: float,
     quiet: bool,
+    config_path: str | None,
+    store_path: str | None,
     labels: tuple[str, ...],
-    window: int,
+    window: int | None,
 ) -> None:
-    """Run the embedded speculative-decoding engine, monitored, with the sidecar."""
-    from .demo import run_demo
+    """Run the embedded speculative-decoding engine, monitored, with the sidecar.
 
-    monitor = _make_monitor(labels or ("model=demo-ngram", "instance=demo"), window)
-    run_demo(
-        monitor,
-        server_factory=lambda app: _Server(app, host, port),
-        duration=duration,
-        degrade_after=degrade_after,
-        degrade_for=degrade_for,
-        seed=seed,
-        echo=None if quiet else click.echo,
-        rate=rate,
-    )
+    Alerts go through the lifecycle to the configured receivers, or to the log.
+    Without --config the alerts are evaluated every 0.25 s so a short demo shows
+    them fire, escalate and resolve. The store is in memory unless --store names
+    a file.
+    """
+    from .demo import DEMO_ALERTING, run_demo
+
+    settings = _runtime_settings(config_path)
+    if config_path is None:
+        settings = replace(
+            settings, alerting=replace(DEMO_ALERTING, receivers=settings.alerting.receivers)
+        )
+    monitor = _make_monitor(labels, window, settings, ("model=demo-ngram", "instance=demo"))
+    alerting = _start_alerting(monitor, settings.alerting, store_path or ":memory:")
+    try:
+        run_demo(
+            monitor,
+            server_factory=lambda app: _Server(app, host, port),
+            duration=duration,
+            degrade_after=degrade_after,
+            degrade_for=degrade_for,
+            seed=seed,
+            echo=None if quiet else click.echo,
+            rate=rate,
+            alerting=alerting,
+        )
+    finally:
+        _stop_alerting(alerting)
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config_command(file: str) -> None:
+    """Validate a configuration FILE: every problem with its line, or what it will do.
+
+    Exits 1 when there is a problem. Secrets are resolved (files, environment)
+    but never printed; a secrets file readable by group or others is a warning.
+    """
+    from .config import check_config
+
+    ok, lines = check_config(file)
+    if not ok:
+        for line in lines:
+            click.echo(line, err=True)
+        raise click.ClickException(f"{file}: {len(lines)} problem(s)")
+    for line in lines:
+        click.echo(line)
+
+
+@main.command("send-test-alert")
+@click.option("--receiver", "receiver_name", required=True, metavar="NAME", help="Receiver name.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML configuration naming the receiver (default: receivers from the environment).",
+)
+def send_test_alert_command(receiver_name: str, config_path: str | None) -> None:
+    """Send one test alert and its resolve to receiver NAME; exits 1 unless both arrive."""
+    from .config import send_test_alert
+
+    settings = _runtime_settings(config_path)
+    try:
+        text = send_test_alert(settings, receiver_name)
+    except DeliveryError as exc:
+        raise click.ClickException(f"test alert not delivered: {exc}") from None
+    except MonitorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(text)
 
 
 @main.command()
@@ -319,13 +516,48 @@ def _with_receivers(f: Any) -> Any:
     return f
 
 
+_grouping_options = [
+    click.option(
+        "--group-wait",
+        default=30.0,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="Seconds Alertmanager waits before a new group's first notification.",
+    ),
+    click.option(
+        "--group-interval",
+        default=300.0,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds between notifications of a changed group.",
+    ),
+    click.option(
+        "--repeat-interval",
+        default=4 * 3600.0,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds before an unchanged firing group is notified again.",
+    ),
+]
+
+
+def _with_grouping(f: Any) -> Any:
+    for option in reversed(_grouping_options):
+        f = option(f)
+    return f
+
+
 @main.command("alertmanager-config")
 @_with_receivers
+@_with_grouping
 def alertmanager_config(
     pagerduty_routing_key_file: str | None,
     slack_webhook_url_file: str | None,
     webhook_url: str | None,
     slack_channel: str | None,
+    group_wait: float,
+    group_interval: float,
+    repeat_interval: float,
 ) -> None:
     """Print an Alertmanager configuration: receivers by severity, inhibition of lower levels."""
     from .alertmanager_config import generate_alertmanager_config
@@ -336,6 +568,9 @@ def alertmanager_config(
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,
             slack_channel=slack_channel,
+            group_wait_seconds=group_wait,
+            group_interval_seconds=group_interval,
+            repeat_interval_seconds=repeat_interval,
         )
     )
 
@@ -354,8 +589,28 @@ def alertmanager_config(
 @click.option("--alertmanager", default="127.0.0.1:9093", show_default=True)
 @click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True)
 @click.option("--grafana-url", help="Grafana's address, for dashboard links in alerts.")
-@click.option("--scrape-interval", default=15.0, show_default=True, type=click.FloatRange(min=1))
+@click.option(
+    "--scrape-interval",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds between scrapes of the sidecars and Alertmanager.",
+)
+@click.option(
+    "--evaluation-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between rule evaluations (default: the scrape interval).",
+)
+@click.option(
+    "--for",
+    "for_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a rule must hold before firing (default: the config's).",
+)
 @_with_receivers
+@_with_grouping
 def export(
     directory: str,
     targets: tuple[str, ...],
@@ -364,15 +619,21 @@ def export(
     prometheus_url: str,
     grafana_url: str | None,
     scrape_interval: float,
+    evaluation_interval: float | None,
+    for_s: float | None,
     pagerduty_routing_key_file: str | None,
     slack_webhook_url_file: str | None,
     webhook_url: str | None,
     slack_channel: str | None,
+    group_wait: float,
+    group_interval: float,
+    repeat_interval: float,
 ) -> None:
     """Write dashboard, provisioning, rules, Alertmanager and Prometheus configs to DIRECTORY."""
     from .bundle import export_bundle
 
     settings = _load_settings(config_path)
+    lifecycle = settings.alerting.lifecycle
     try:
         paths = export_bundle(
             directory,
@@ -382,11 +643,16 @@ def export(
             prometheus_url=prometheus_url,
             grafana_url=grafana_url,
             scrape_interval_seconds=scrape_interval,
-            for_seconds=settings.alerting.lifecycle.for_s,
+            evaluation_interval_seconds=evaluation_interval,
+            for_seconds=lifecycle.for_s if for_s is None else for_s,
+            keep_firing_for_seconds=lifecycle.keep_firing_for_s,
             pagerduty_routing_key_file=pagerduty_routing_key_file,
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,
             slack_channel=slack_channel,
+            group_wait_seconds=group_wait,
+            group_interval_seconds=group_interval,
+            repeat_interval_seconds=repeat_interval,
         )
     except (MonitorError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

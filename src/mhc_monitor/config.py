@@ -89,6 +89,7 @@ SLACK_URL_ENV = "MHC_SLACK_WEBHOOK_URL"
 INGEST_TOKEN_ENV = "MHC_INGEST_TOKEN"
 RECEIVER_KINDS = ("pagerduty", "slack", "log")
 _DEFAULT_PORT = 9477
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class Secret:
@@ -439,19 +440,32 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, env=os.environ if env is None else env, path=file)
 
 
 def parse_config(
-    text: str, *, env: Mapping[str, str] | None = None, path: Path | None = None
+    text: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    path: Path | None = None,
+    name: str | None = None,
 ) -> Settings:
-    """Like `load_config`, from the text of a file."""
+    """Like `load_config`, from the text of a file; `name` is what problems are reported on.
+
+    `parse_config("")` gives the defaults plus the receivers and token the
+    environment switches on.
+    """
     env = os.environ if env is None else env
-    name = str(path) if path is not None else "<config>"
+    if name is None:
+        name = str(path) if path is not None else "<config>"
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+        at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        where = f"{name}:{at.group(1)}" if at else name
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     problems = _Problems(name, key_lines(text))
     model = _validate(raw, problems)
     if model is None:
@@ -625,6 +639,9 @@ def _receivers(
         if kind is None:
             problems.add((*loc, "type"), f"say which kind it is: type = one of {RECEIVER_KINDS}")
             continue
+        for key in sorted(table.model_fields_set - _RECEIVER_KEYS[kind]):
+            # A key of another kind is a mistake (a Slack URL in a PagerDuty table).
+            problems.add((*loc, key), f"not a key of a {kind} receiver")
         if kind == "pagerduty":
             secret, file, problem = _read_secret(
                 table.routing_key_file, table.routing_key_env, env, path
@@ -653,6 +670,7 @@ def _receivers(
             if secret is None and problem is None and table.url is not None:
                 # A URL written in the file is allowed, though the file then holds a secret.
                 secret = Secret(table.url)
+                file = path
             if problem is None and secret is None:
                 problem = f"no webhook URL: set {table.url_env} or url_file"
             if (
@@ -682,6 +700,14 @@ def _receivers(
         if file is not None:
             files.append(file)
     return tuple(receivers), tuple(files)
+
+
+_RATE_KEYS = {"rate_per_minute", "burst"}
+_RECEIVER_KEYS = {
+    "pagerduty": {"type", "url", "routing_key_file", "routing_key_env"} | _RATE_KEYS,
+    "slack": {"type", "url", "url_file", "url_env", "channel"} | _RATE_KEYS,
+    "log": {"type"},
+}
 
 
 def _kind(name: str, table: _Receiver) -> str | None:
@@ -728,11 +754,17 @@ def check_config(
             mode = secret_file.stat().st_mode
         except OSError:
             continue
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
             lines.append(
                 f"warning: {secret_file} is readable by group or others "
                 f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
             )
+    service = settings.service
+    if service.host not in _LOOPBACK_HOSTS and service.token is None:
+        lines.append(
+            f"warning: service.host {service.host} without an ingest token: anyone who can "
+            f"reach it can send samples; set {INGEST_TOKEN_ENV} or service.token_file"
+        )
     for receiver in settings.alerting.effective_receivers():
         lines.append(f"receiver {receiver.name}: {_describe(receiver)}")
     life = settings.alerting.lifecycle
@@ -741,7 +773,6 @@ def check_config(
         f"repeat every {life.repeat_interval_s:g} s, no data after "
         f"{'never' if life.no_data_after_s is None else f'{life.no_data_after_s:g} s'}"
     )
-    service = settings.service
     lines.append(
         f"service: {service.host}:{service.port}, store {service.store_path}, "
         f"ingest token {'set' if service.token else 'not set'}"

@@ -9,13 +9,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .alerts import AlertLevel
+from .config import AlertingSettings, LifecycleSettings
 from .metrics import METRICS, MetricName
 from .monitor import GeometricSpeculationMonitor, MonitorSummary
 from .service import AlertSource, create_app
 
-__all__ = ["format_summary_line", "run_demo"]
+__all__ = ["DEMO_ALERTING", "format_summary_line", "run_demo"]
 
 logger = logging.getLogger(__name__)
+
+#: The demo's alerting without a configuration file: evaluated four times a second, so a
+#: window that turns over in about a second shows an alert fire, escalate and resolve.
+DEMO_ALERTING = AlertingSettings(lifecycle=LifecycleSettings(for_s=0.0), interval_s=0.25)
 
 _SHORT = {
     MetricName.ACCEPTANCE: ("acceptance", "{:.3f}"),

@@ -22,15 +22,33 @@ from typing import Any, Self
 
 from prometheus_client.registry import Collector
 
+from ..alerts import AlertLevel
 from ..config import AlertingSettings
 from ..metrics import METRICS
 from ..monitor import GeometricSpeculationMonitor
 from .dispatcher import DeliveryCollector, Dispatcher
-from .lifecycle import ActiveAlert, AlertState, Evaluation, Lifecycle, Transition
+from .lifecycle import (
+    ActiveAlert,
+    AlertKind,
+    AlertState,
+    Evaluation,
+    EventKind,
+    Lifecycle,
+    Transition,
+)
 from .notifiers import build_notifier
 from .store import MEMORY, Store, StoreError
 
-__all__ = ["MEMORY", "AlertState", "Alerting", "Evaluation", "Lifecycle", "Store", "Transition"]
+__all__ = [
+    "MEMORY",
+    "AlertState",
+    "Alerting",
+    "Evaluation",
+    "Lifecycle",
+    "Store",
+    "Transition",
+    "describe_transition",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +98,8 @@ class Alerting:
             on_store_error=self._store_error,
         )
         self._unrecorded: list[Transition] = []
+        # The level each firing alert was last logged at, to tell escalation from de-escalation.
+        self._levels = {a.dedup_key: a.level for a in self.lifecycle.active()}
         self._step_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,6 +216,8 @@ class Alerting:
             at = self._clock() if now is None else now
             evaluated = self.evaluations() if evaluations is None else evaluations
             transitions = self.lifecycle.step(at, evaluated)
+            for transition in transitions:
+                self._log_transition(transition)
             pending = self._unrecorded + transitions
             if pending:
                 try:
@@ -208,6 +230,23 @@ class Alerting:
                 self.dispatcher.wake()
             self._prune(at)
             return transitions
+
+    def _log_transition(self, transition: Transition) -> None:
+        """One INFO line per state change, so the log tells each alert's story."""
+        key = transition.dedup_key
+        level = transition.alert.level
+        previous = self._levels.get(key)
+        if transition.state is AlertState.FIRING:
+            self._levels[key] = level
+        else:
+            self._levels.pop(key, None)
+        logger.info(
+            "%s alert %s: %s (dedup_key %s)",
+            _alert_name(transition),
+            describe_transition(transition, previous),
+            transition.alert.message,
+            key,
+        )
 
     def _prune(self, now: float) -> None:
         if now - self._last_prune < _PRUNE_EVERY_S:
@@ -269,6 +308,34 @@ class Alerting:
                 **counts.get(receiver.name, {"outcomes": {}, "failures": {}}),
             }
         return {"receivers": receivers, "store_errors": self.store_errors}
+
+
+def describe_transition(transition: Transition, previous: AlertLevel | None = None) -> str:
+    """What a transition did, in words: "firing at warning", "escalated to critical", ...
+
+    `previous` is the level the alert fired at before, if known, to tell an
+    escalation from a de-escalation.
+    """
+    level = transition.alert.level.name.lower()
+    event = transition.event
+    if event is EventKind.TRIGGER:
+        return f"firing at {level}"
+    if event is EventKind.UPDATE:
+        if previous is not None and transition.alert.level < previous:
+            return f"de-escalated to {level}"
+        return f"escalated to {level}" if previous is not None else f"now {level}"
+    if event is EventKind.REPEAT:
+        return f"still firing at {level} (repeat)"
+    if event is EventKind.RESOLVE:
+        return "resolved"
+    if transition.state is AlertState.PENDING:
+        return f"pending at {level}"
+    return "back to ok before it fired"
+
+
+def _alert_name(transition: Transition) -> str:
+    metric = str(transition.alert.metric)
+    return f"{metric} no-data" if transition.kind is AlertKind.NO_DATA else metric
 
 
 def _iso(epoch: float) -> str:

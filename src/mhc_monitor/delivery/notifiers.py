@@ -232,7 +232,7 @@ class LogNotifier:
         level = logging.INFO if action == "resolve" else logging.WARNING
         self._log.log(
             level,
-            "alert %s %s level=%s value=%s threshold=%s dedup_key=%s: %s",
+            "alert %s %s level=%s value=%.6g threshold=%.6g dedup_key=%s: %s",
             action,
             alert.metric,
             alert.level.name.lower(),
