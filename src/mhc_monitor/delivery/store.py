@@ -158,6 +158,14 @@ def _active_from_json(text: str) -> ActiveAlert:
     )
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the store's folder; a file in the way is named as such, not as "File exists"."""
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(f"{part} is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def _real(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -173,7 +181,7 @@ class Store:
         self._lock = threading.RLock()
         try:
             if self.path != MEMORY:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _make_folder(Path(self.path).parent)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
