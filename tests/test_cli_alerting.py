@@ -224,6 +224,22 @@ def test_sigterm_keeps_undelivered_notifications_for_the_next_start(tmp_path: Pa
         pagerduty.stop()
 
 
+def test_a_hung_receiver_does_not_hold_up_the_exit(tmp_path: Path) -> None:
+    with PagerDutyReceiver() as pagerduty:
+        pagerduty.delay(30)  # answers long after the notifier's timeout
+        config = serve_config(tmp_path, pagerduty.url, free_port())
+        config.write_text(config.read_text().replace("timeout = 1", "timeout = 20"))
+        with serving(config, tmp_path) as (base, proc):
+            post(base, {"acceptance": [0.2]})
+            assert pagerduty.wait_for(lambda r: len(r.exchanges()) == 1, timeout=10)
+            code, took = stop(proc)
+        pagerduty.delay(0)
+    assert (code, took < 6) == (0, True)
+    log = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
+    assert "1 undelivered notification(s) left in" in log
+    assert "Traceback" not in log and "Fatal" not in log
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 _ACCEPTANCE_EVENT = re.compile(r"mhc_monitor\.delivery: acceptance alert (.+?): ")

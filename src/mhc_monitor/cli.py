@@ -190,20 +190,23 @@ def _make_monitor(
         raise click.ClickException(str(exc)) from None
 
 
-def _start_alerting(
+def _open_alerting(
     monitor: GeometricSpeculationMonitor, settings: AlertingSettings, store_path: str
 ) -> Alerting:
-    """`Alerting` for `monitor`, started; a store or receiver that cannot be used is an error."""
+    """`Alerting` for `monitor`, not started; an unusable store or receiver is an error."""
     from .delivery import Alerting
 
     try:
-        alerting = Alerting(monitor, settings, store_path)
+        return Alerting(monitor, settings, store_path)
     except MonitorError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _start_alerting(alerting: Alerting) -> None:
+    """Start evaluating and delivering: once the port is bound, so a busy port sends nothing."""
     alerting.start()
     receivers = ", ".join(f"{r.name} ({r.kind})" for r in alerting.receivers)
-    logger.info("alerting to %s; alert store %s", receivers, store_path)
-    return alerting
+    logger.info("alerting to %s; alert store %s", receivers, alerting.store.path)
 
 
 def _stop_alerting(alerting: Alerting, timeout: float = _STOP_TIMEOUT_S) -> None:
@@ -273,11 +276,11 @@ def serve(
     port = settings.service.port if port is None else port
     token = _ingest_token(settings, token_env)
     _warn_if_exposed(host, token)
-    alerting = _start_alerting(
-        monitor, settings.alerting, store_path or settings.service.store_path
-    )
+    store = store_path or settings.service.store_path
+    alerting = _open_alerting(monitor, settings.alerting, store)
     try:
         server = _Server(create_app(monitor, token=token, alerting=alerting), host, port)
+        _start_alerting(alerting)
         click.echo(f"mhc-monitor sidecar on http://{host}:{server.port}/metrics", err=True)
         server.run()
     finally:
@@ -346,11 +349,17 @@ def demo(
             settings, alerting=replace(DEMO_ALERTING, receivers=settings.alerting.receivers)
         )
     monitor = _make_monitor(labels, window, settings, ("model=demo-ngram", "instance=demo"))
-    alerting = _start_alerting(monitor, settings.alerting, store_path or ":memory:")
+    alerting = _open_alerting(monitor, settings.alerting, store_path or ":memory:")
+
+    def server_factory(app: Any) -> _Server:
+        server = _Server(app, host, port)
+        _start_alerting(alerting)
+        return server
+
     try:
         run_demo(
             monitor,
-            server_factory=lambda app: _Server(app, host, port),
+            server_factory=server_factory,
             duration=duration,
             degrade_after=degrade_after,
             degrade_for=degrade_for,
