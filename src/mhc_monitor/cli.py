@@ -237,18 +237,22 @@ def _ingest_token(settings: Settings, token_env: str) -> str | None:
     return settings.service.token.reveal() if settings.service.token else None
 
 
-@main.command()
-@click.option(
+_host_option = click.option(
     "--host",
     default=None,
     help=f"Address to listen on  [default: the config's, else {DEFAULT_HOST}]",
 )
-@click.option(
+_port_option = click.option(
     "--port",
     default=None,
     type=click.IntRange(0, 65535),
-    help=f"Port to listen on  [default: the config's, else {DEFAULT_PORT}]",
+    help=f"Port to listen on; 0 picks a free one  [default: the config's, else {DEFAULT_PORT}]",
 )
+
+
+@main.command()
+@_host_option
+@_port_option
 @click.option("--token-env", default=INGEST_TOKEN_ENV, show_default=True, hidden=True)
 @_alerting_options
 @_monitor_options
@@ -288,8 +292,8 @@ def serve(
 
 
 @main.command()
-@click.option("--host", default=DEFAULT_HOST, show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@_host_option
+@_port_option
 @click.option(
     "--duration",
     default=60.0,
@@ -321,8 +325,8 @@ def serve(
 @_alerting_options
 @_monitor_options
 def demo(
-    host: str,
-    port: int,
+    host: str | None,
+    port: int | None,
     duration: float,
     degrade_after: float | None,
     degrade_for: float | None,
@@ -349,6 +353,10 @@ def demo(
             settings, alerting=replace(DEMO_ALERTING, receivers=settings.alerting.receivers)
         )
     monitor = _make_monitor(labels, window, settings, ("model=demo-ngram", "instance=demo"))
+    host = settings.service.host if host is None else host
+    port = settings.service.port if port is None else port
+    token = _ingest_token(settings, INGEST_TOKEN_ENV)
+    _warn_if_exposed(host, token)
     alerting = _open_alerting(monitor, settings.alerting, store_path or ":memory:")
 
     def server_factory(app: Any) -> _Server:
@@ -367,6 +375,7 @@ def demo(
             echo=None if quiet else click.echo,
             rate=rate,
             alerting=alerting,
+            token=token,
         )
     finally:
         _stop_alerting(alerting)

@@ -75,16 +75,18 @@ def run_demo(
     alerting: AlertSource | None = None,
     summary_every: float = 2.0,
     rate: float = 0.0,
+    token: str | None = None,
 ) -> int:
     """Run the workload into `monitor` with the sidecar serving it; returns the steps run.
 
     Stops after `duration` seconds (0: never) or when the server is told to
     exit (Ctrl-C, SIGTERM). `rate` caps the engine's steps per second (0: as
-    fast as one core runs it).
+    fast as one core runs it). `token`, when given, guards the sidecar's
+    POST /v1/samples as in `create_app`.
     """
     from .workload import run_workload
 
-    server = server_factory(create_app(monitor, alerting=alerting))
+    server = server_factory(create_app(monitor, alerting=alerting, token=token))
     stop = threading.Event()
     steps = [0]
     started = time.monotonic()

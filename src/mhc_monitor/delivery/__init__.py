@@ -232,7 +232,11 @@ class Alerting:
             return transitions
 
     def _log_transition(self, transition: Transition) -> None:
-        """One INFO line per state change, so the log tells each alert's story."""
+        """One line per state change: INFO when it notifies, DEBUG for pending and back to ok.
+
+        A metric hovering at a threshold with a `for` time goes pending and back
+        often; only what reaches a receiver belongs in an operator's log.
+        """
         key = transition.dedup_key
         level = transition.alert.level
         previous = self._levels.get(key)
@@ -240,7 +244,8 @@ class Alerting:
             self._levels[key] = level
         else:
             self._levels.pop(key, None)
-        logger.info(
+        logger.log(
+            logging.DEBUG if transition.event is None else logging.INFO,
             "%s alert %s: %s (dedup_key %s)",
             _alert_name(transition),
             describe_transition(transition, previous),
