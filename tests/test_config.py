@@ -127,6 +127,17 @@ def test_secrets_from_the_environment_switch_receivers_on(tmp_path: Path) -> Non
         ("[thresholds.speed]\nwarning = 1\n", ["1: thresholds.speed: Extra inputs"]),
         ('[receivers.pagerduty]\nurl = "http://x/"\n', ["1: receivers.pagerduty: no routing key"]),
         ("[receivers.pd2]\n", ["1: receivers.pd2.type: say which kind"]),
+        # A key named like a pydantic union tag ("int...") keeps its place.
+        ("[lifecycle]\ninterval = 0\n", ["2: lifecycle.interval: Input should be greater than 0"]),
+        (
+            '[receivers."Bad Name"]\ntype = "log"\n',
+            ["1: receivers.Bad Name: not a valid name: String should match pattern"],
+        ),
+        ("[[service]]\nport = 1\n", ["1: service: Input should be a valid dictionary"]),
+        (
+            '[receivers.slack]\nrouting_key_file = "k"\nurl = "https://hooks.example/x"\n',
+            ["2: receivers.slack.routing_key_file: not a key of a slack receiver"],
+        ),
         (
             "[service]\nport = 70000\n[delivery]\ntimeout = 0\n",
             [
@@ -144,6 +155,7 @@ def test_problems_name_their_line(tmp_path: Path, text: str, expected: list[str]
     assert len(lines) == len(expected)
     for line, want in zip(lines, expected, strict=True):
         assert line.startswith(f"{path}:{want}"), line
+        assert "_Service" not in line
     ok, printed = check_config(path, {})
     assert not ok and printed == lines
 

@@ -513,8 +513,13 @@ def _validate(raw: dict[str, Any], problems: _Problems) -> _File | None:
         except ValidationError as exc:
             messages: dict[tuple[str, ...], list[str]] = {}
             for error in exc.errors(include_url=False, include_input=False):
-                loc = tuple(str(p) for p in error["loc"] if not _is_union_tag(str(p)))
-                messages.setdefault(loc, []).append(error["msg"])
+                loc = _key_path(raw, error["loc"])
+                message = _MODEL_NAME.sub("", error["msg"])
+                if loc[-1:] == ("[key]",):
+                    # A bad table name: drop the whole table, name the problem on it.
+                    loc = loc[:-1]
+                    message = f"not a valid name: {message}"
+                messages.setdefault(loc, []).append(message)
                 _remove(raw, loc)
             for loc, texts in messages.items():
                 # A union (a number or "off") reports one message per member.
@@ -522,8 +527,37 @@ def _validate(raw: dict[str, Any], problems: _Problems) -> _File | None:
     return valid
 
 
+_MODEL_NAME = re.compile(r" or instance of _\w+")
+
+
+def _key_path(raw: Any, loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The key path of an error's location, without pydantic's union member tags.
+
+    A part is a key when the file has it there (a key may well be called
+    "int"); otherwise a tag such as "float" or "literal['off']" is left out.
+    """
+    path: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and str(part) in node:
+            node = node[str(part)]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif _is_union_tag(str(part)):
+            continue
+        else:
+            node = None
+        path.append(str(part))
+    return tuple(path)
+
+
 def _is_union_tag(part: str) -> bool:
-    return part.startswith(("function-", "literal[", "float", "constrained-str", "str", "int"))
+    return part.startswith(("function-", "literal[", "constrained-")) or part in {
+        "float",
+        "int",
+        "str",
+        "bool",
+    }
 
 
 def _remove(raw: dict[str, Any], loc: tuple[str, ...]) -> None:
