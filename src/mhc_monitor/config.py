@@ -463,6 +463,8 @@ def parse_config(
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # TODO: only the first syntax error is reported (tomllib stops there); a file with
+        # several needs as many runs of check-config.
         at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         where = f"{name}:{at.group(1)}" if at else name
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
