@@ -4,6 +4,7 @@
     GET  /healthz      liveness, uptime
     GET  /v1/summary   the monitor's summary as JSON
     GET  /v1/alerts    active alerts and recent history
+    GET  /             the live page (see `mhc_monitor.page`), with /static/* and /v1/series
     POST /v1/samples   a JSON batch of samples (see `mhc_monitor.ingest`)
 
 Every error is a JSON object `{"error": "..."}` whose message names the problem.
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from .exposition import MonitorCollector, package_version
 from .ingest import IngestError, parse_batch, record_batch
 from .monitor import GeometricSpeculationMonitor
+from .page import page_routes
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "AlertSource", "create_app"]
 
@@ -204,6 +206,7 @@ def create_app(
         Route("/v1/alerts", sidecar.alerts, methods=["GET"]),
         Route("/v1/samples", sidecar.samples, methods=["POST"]),
     ]
+    routes.extend(page_routes(monitor))
     routes.extend(extra_routes or [])
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error_handler})
     app.state.sidecar = sidecar
