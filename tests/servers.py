@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,13 @@ class Prometheus(_Process):
     """Prometheus with a generated configuration, its own data folder and a free port."""
 
     binary = "prometheus"
+    _client: httpx.Client | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def start(
         self,
@@ -105,19 +116,27 @@ class Prometheus(_Process):
             }
         config_file = self.workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
+        return self.start_with(config_file)
+
+    def start_with(self, config_file: Path) -> Prometheus:
+        """Start with a given configuration file; its rule files resolve from its folder."""
         self._start(
             [
                 f"--config.file={config_file}",
                 f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.external-url={self.url}",
                 "--web.enable-lifecycle",
             ]
         )
         return self
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query; the result vector."""
-        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        """An instant query; the result vector. Safe to call from several threads."""
+        if self._client is None:
+            # One client for every query: a client per call builds a TLS context each time.
+            self._client = httpx.Client(base_url=self.url, timeout=5)
+        r = self._client.get("/api/v1/query", params={"query": expr})
         body = r.json()
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]
@@ -135,7 +154,103 @@ class Alertmanager(_Process):
                 f"--config.file={config_file}",
                 f"--storage.path={self.workdir / 'alertmanager-data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.external-url={self.url}",
                 "--cluster.listen-address=",
             ]
         )
         return self
+
+
+class WebhookReceiver:
+    """An Alertmanager webhook receiver on loopback that keeps every payload it is sent."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                with receiver._lock:
+                    receiver.payloads.append(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def received(self) -> list[dict[str, Any]]:
+        """A copy of the payloads received so far, oldest first."""
+        with self._lock:
+            return list(self.payloads)
+
+    def alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every alert of every payload, with the payload's receiver, oldest first."""
+        return [
+            (payload["receiver"], alert)
+            for payload in self.received()
+            for alert in payload["alerts"]
+        ]
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class Sidecar:
+    """`mhc-monitor serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, workdir: Path, labels: dict[str, str], *, window: int) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        self.labels = labels
+        self.window = window
+        self.log = workdir / f"sidecar-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Sidecar:
+        """Launch the process and wait until it answers."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Sidecar:
+        """Launch the process without waiting, so that several can start at once."""
+        command = [sys.executable, "-m", "mhc_monitor", "serve", "--port", str(self.port)]
+        command += ["--window", str(self.window)]
+        for name, value in self.labels.items():
+            command += ["--label", f"{name}={value}"]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self) -> Sidecar:
+        """Wait until `/healthz` answers; raises if the process exits first."""
+        wait_until(self._ready, timeout=30, what=f"the sidecar on {self.address}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the sidecar exited: {self.log.read_text()[-2000:]}")
+        return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from mhc_monitor.alertmanager_config import (
     generate_alertmanager_config,
 )
 from mhc_monitor.alerts import AlertConfig
-from mhc_monitor.errors import ConfigError
+from mhc_monitor.errors import ConfigError, UsageError
 from mhc_monitor.rules import ALERTS_GROUP, generate_rules
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
@@ -76,6 +77,47 @@ def test_secrets_are_referenced_by_path_only(secrets: Secrets) -> None:
 def test_route_groups_by_alertname_metric_and_instance(secrets: Secrets) -> None:
     route = yaml.safe_load(_full_config(secrets))["route"]
     assert route["group_by"] == ["alertname", "metric", "instance"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        "30s",
+        "300s",
+        "14400s",
+    )
+
+
+def test_group_timings_are_configurable() -> None:
+    text = generate_alertmanager_config(
+        pagerduty_routing_key_file=None,
+        slack_webhook_url_file=None,
+        webhook_url="http://127.0.0.1:9/hook",
+        group_wait_seconds=0.5,
+        group_interval_seconds=1,
+        repeat_interval_seconds=600,
+    )
+    route = yaml.safe_load(text)["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        "500ms",
+        "1s",
+        "600s",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"group_wait_seconds": -1}, "duration"),
+        ({"group_interval_seconds": 0}, "group_interval must be positive"),
+        ({"repeat_interval_seconds": 0}, "repeat_interval must be positive"),
+        ({"repeat_interval_seconds": math.inf}, "duration"),
+    ],
+)
+def test_bad_group_timings_raise_usage_error(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        generate_alertmanager_config(
+            pagerduty_routing_key_file=None,
+            slack_webhook_url_file=None,
+            webhook_url=None,
+            **kwargs,
+        )
 
 
 @pytest.mark.parametrize(

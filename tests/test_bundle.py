@@ -13,7 +13,13 @@ import yaml
 
 from mhc_monitor.alertmanager_config import generate_alertmanager_config
 from mhc_monitor.alerts import AlertConfig
-from mhc_monitor.bundle import BUNDLE_FILES, DATASOURCE_UID, SCRAPE_JOB, export_bundle
+from mhc_monitor.bundle import (
+    ALERTMANAGER_JOB,
+    BUNDLE_FILES,
+    DATASOURCE_UID,
+    SCRAPE_JOB,
+    export_bundle,
+)
 from mhc_monitor.errors import UsageError
 from mhc_monitor.grafana import dashboard_uid, generate_dashboard
 from mhc_monitor.rules import generate_rules
@@ -48,9 +54,12 @@ def test_bundle_files_match_the_generators(tmp_path: Path) -> None:
         for_seconds=30,
         webhook_url="http://127.0.0.1:9/hook",
         pagerduty_routing_key_file="/run/secrets/pd",
+        group_wait_seconds=1,
+        group_interval_seconds=2,
+        repeat_interval_seconds=600,
     )
     assert json.loads((tmp_path / "dashboard.json").read_text()) == json.loads(
-        generate_dashboard("fleet", CONFIG)
+        generate_dashboard("fleet", CONFIG, alertmanager_job=ALERTMANAGER_JOB)
     )
     assert (tmp_path / "rules.yml").read_text() == generate_rules(
         CONFIG,
@@ -61,6 +70,9 @@ def test_bundle_files_match_the_generators(tmp_path: Path) -> None:
         pagerduty_routing_key_file="/run/secrets/pd",
         slack_webhook_url_file=None,
         webhook_url="http://127.0.0.1:9/hook",
+        group_wait_seconds=1,
+        group_interval_seconds=2,
+        repeat_interval_seconds=600,
     )
 
 
@@ -69,11 +81,22 @@ def test_prometheus_config_scrapes_targets_and_alerts(tmp_path: Path) -> None:
     config = _yaml(tmp_path / "prometheus.yml")
     assert config["rule_files"] == ["rules.yml"]
     assert config["global"] == {"scrape_interval": "5s", "evaluation_interval": "5s"}
-    (job,) = config["scrape_configs"]
+    job, alertmanager = config["scrape_configs"]
     assert job["job_name"] == SCRAPE_JOB
+    assert job["honor_labels"] is True
     assert job["static_configs"] == [{"targets": TARGETS}]
+    assert alertmanager == {
+        "job_name": ALERTMANAGER_JOB,
+        "static_configs": [{"targets": ["127.0.0.1:19093"]}],
+    }
     alertmanagers = config["alerting"]["alertmanagers"]
     assert alertmanagers == [{"static_configs": [{"targets": ["127.0.0.1:19093"]}]}]
+
+
+def test_evaluation_interval_can_differ_from_the_scrape_interval(tmp_path: Path) -> None:
+    _export(tmp_path, scrape_interval_seconds=1, evaluation_interval_seconds=0.5)
+    config = _yaml(tmp_path / "prometheus.yml")
+    assert config["global"] == {"scrape_interval": "1s", "evaluation_interval": "500ms"}
 
 
 def test_grafana_provisioning(tmp_path: Path) -> None:
@@ -83,6 +106,8 @@ def test_grafana_provisioning(tmp_path: Path) -> None:
     assert datasource["type"] == "prometheus"
     assert datasource["url"] == "http://prom:9090"
     assert datasource["uid"] == DATASOURCE_UID
+    # Grafana's $__rate_interval spans four scrapes only if it knows the interval.
+    assert datasource["jsonData"] == {"timeInterval": "15s"}
     (provider,) = _yaml(provisioning / "dashboards" / "mhc.yml")["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/mhc"
@@ -108,7 +133,7 @@ def test_promtool_check_config_is_clean_in_the_exported_folder(tmp_path: Path) -
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in output
-    rule_count = 16 + 33  # 15 default levels + Sinkhorn warning; 33 recording rules
+    rule_count = 16 + 32  # 15 default levels + Sinkhorn warning; 32 recording rules
     assert f"SUCCESS: {rule_count} rules found" in output
     assert "WARNING" not in output
 
@@ -125,6 +150,10 @@ def test_promtool_check_config_is_clean_in_the_exported_folder(tmp_path: Path) -
         ({"prometheus_url": "prom:9090"}, "prometheus_url"),
         ({"grafana_url": "grafana"}, "grafana_url"),
         ({"scrape_interval_seconds": 0}, "scrape_interval_seconds"),
+        ({"evaluation_interval_seconds": 0}, "evaluation_interval_seconds"),
+        ({"group_interval_seconds": 0}, "group_interval"),
+        ({"repeat_interval_seconds": 0}, "repeat_interval"),
+        ({"group_wait_seconds": -1}, "duration"),
     ],
 )
 def test_bad_arguments_raise_usage_error_and_write_nothing(

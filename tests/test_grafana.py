@@ -47,6 +47,9 @@ ALLOWED_SERIES = {
     "mhc_notification_oldest_undelivered_seconds",
     "mhc_build_info",
     "ALERTS",
+    "alertmanager_alerts",
+    "alertmanager_notifications_total",
+    "alertmanager_notifications_failed_total",
 }
 for _spec in METRICS:
     ALLOWED_SERIES |= {
@@ -151,6 +154,26 @@ def test_dashboard_covers_every_metric_alert_levels_and_delivery_health() -> Non
         "mhc_samples_rejected_total",
     ):
         assert any(series in expr for expr in exprs), series
+
+
+def test_fleet_dashboard_reads_delivery_health_from_alertmanager() -> None:
+    own = json.loads(generate_dashboard("mhc fleet"))["panels"]
+    fleet = json.loads(generate_dashboard("mhc fleet", alertmanager_job="am"))["panels"]
+    assert [panel["gridPos"] for panel in fleet] == [panel["gridPos"] for panel in own]
+    exprs = {panel["title"]: [t["expr"] for t in panel["targets"]] for panel in fleet}
+    assert exprs["Alerts in Alertmanager"] == ['sum by (state) (alertmanager_alerts{job="am"})']
+    assert exprs["Notifications (Alertmanager)"] == [
+        f'sum by (integration) (rate({series}{{job="am"}}[$__rate_interval]))'
+        for series in (
+            "alertmanager_notifications_total",
+            "alertmanager_notifications_failed_total",
+        )
+    ]
+    every = " ".join(expr for exprs_ in exprs.values() for expr in exprs_)
+    assert "mhc_notification" not in every
+    # Everything else is the same dashboard.
+    kept = [panel for panel in own if "mhc_notification" not in json.dumps(panel["targets"])]
+    assert all(panel in fleet for panel in kept)
 
 
 def test_dashboard_variables_and_alert_annotation() -> None:
@@ -268,9 +291,14 @@ def _dashboard_exprs(document: dict[str, Any]) -> list[str]:
     return exprs
 
 
+@pytest.mark.parametrize("alertmanager_job", [None, "alertmanager"])
 @pytest.mark.parametrize("config", [None, CUSTOM], ids=["defaults", "custom"])
-def test_every_query_references_only_exposed_series(config: AlertConfig | None) -> None:
-    document = json.loads(generate_dashboard("mhc fleet", config))
+def test_every_query_references_only_exposed_series(
+    config: AlertConfig | None, alertmanager_job: str | None
+) -> None:
+    document = json.loads(
+        generate_dashboard("mhc fleet", config, alertmanager_job=alertmanager_job)
+    )
     for expr in _dashboard_exprs(document):
         names = _series_names(expr)
         assert names, expr
@@ -282,9 +310,12 @@ def test_every_query_references_only_exposed_series(config: AlertConfig | None) 
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_every_query_parses_as_promql(tmp_path: Path) -> None:
+@pytest.mark.parametrize("alertmanager_job", [None, "alertmanager"])
+def test_every_query_parses_as_promql(tmp_path: Path, alertmanager_job: str | None) -> None:
     """promtool parses each panel query, with Grafana's variables filled in."""
-    document = json.loads(generate_dashboard("mhc fleet", CUSTOM))
+    document = json.loads(
+        generate_dashboard("mhc fleet", CUSTOM, alertmanager_job=alertmanager_job)
+    )
     exprs = _dashboard_exprs(document)
     for variable in document["templating"]["list"]:
         if variable["type"] == "query":

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from .alerts import AlertLevel
-from .errors import ConfigError
-from .rules import SEVERITY_BY_LEVEL
+from .errors import ConfigError, UsageError
+from .rules import SEVERITY_BY_LEVEL, format_duration
 
 __all__ = [
     "GROUP_BY",
@@ -52,24 +52,30 @@ def generate_alertmanager_config(
     slack_webhook_url_file: str | None,
     webhook_url: str | None,
     slack_channel: str | None = None,
+    group_wait_seconds: float = 30,
+    group_interval_seconds: float = 300,
+    repeat_interval_seconds: float = 4 * 3600,
 ) -> str:
     """The Alertmanager configuration (YAML) routing mhc-monitor alerts by severity.
 
     Each receiver is included only when its argument is given; with none at all,
-    every alert goes to a receiver without integrations. Raises `ConfigError`
-    for an empty path or a webhook URL that is not http(s).
+    every alert goes to a receiver without integrations. The group timings are
+    Alertmanager's `group_wait`, `group_interval` and `repeat_interval`. Raises
+    `ConfigError` for an empty path or a webhook URL that is not http(s), and
+    `UsageError` for a negative group wait or a non-positive interval.
     """
     _check_path("pagerduty_routing_key_file", pagerduty_routing_key_file)
     _check_path("slack_webhook_url_file", slack_webhook_url_file)
     if webhook_url is not None:
         _check_url(webhook_url)
+    timing = _timing(group_wait_seconds, group_interval_seconds, repeat_interval_seconds)
 
     receivers = _receivers(
         pagerduty_routing_key_file, slack_webhook_url_file, webhook_url, slack_channel
     )
     names = [receiver["name"] for receiver in receivers]
     document = {
-        "route": _route(names),
+        "route": _route(names, timing),
         "inhibit_rules": _inhibit_rules(),
         "receivers": receivers,
     }
@@ -87,6 +93,18 @@ def _check_url(url: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         # The URL itself is not repeated: it may carry a token.
         raise ConfigError("webhook_url must be an absolute http(s) URL")
+
+
+def _timing(wait: float, interval: float, repeat: float) -> dict[str, str]:
+    for name, seconds in (("group_interval", interval), ("repeat_interval", repeat)):
+        # Alertmanager refuses a zero interval; format_duration rejects the rest.
+        if seconds == 0:
+            raise UsageError(f"{name} must be positive, got {seconds!r} s")
+    return {
+        "group_wait": format_duration(wait),
+        "group_interval": format_duration(interval),
+        "repeat_interval": format_duration(repeat),
+    }
 
 
 def _receivers(
@@ -116,7 +134,7 @@ def _receivers(
     return receivers
 
 
-def _route(configured: list[str]) -> dict[str, Any]:
+def _route(configured: list[str], timing: dict[str, str]) -> dict[str, Any]:
     """Each severity to its receiver, or to the next milder configured one."""
     preferred = {
         "critical": PAGERDUTY_RECEIVER,
@@ -139,9 +157,7 @@ def _route(configured: list[str]) -> dict[str, Any]:
     return {
         "receiver": default,
         "group_by": list(GROUP_BY),
-        "group_wait": "30s",
-        "group_interval": "5m",
-        "repeat_interval": "4h",
+        **timing,
         "routes": routes,
     }
 

@@ -1,6 +1,7 @@
 """A folder with everything a fleet needs: Prometheus, its rules, Alertmanager and Grafana.
 
-    DIR/prometheus.yml                              scrape the sidecars, load rules.yml
+    DIR/prometheus.yml                              scrape the sidecars and Alertmanager,
+                                                    load rules.yml
     DIR/rules.yml                                   alerting and recording rules
     DIR/alertmanager.yml                            receivers, routes, inhibition
     DIR/dashboard.json                              the fleet dashboard
@@ -27,7 +28,7 @@ from .errors import UsageError
 from .grafana import dashboard_uid, generate_dashboard
 from .rules import format_duration, generate_rules
 
-__all__ = ["BUNDLE_FILES", "DATASOURCE_UID", "SCRAPE_JOB", "export_bundle"]
+__all__ = ["ALERTMANAGER_JOB", "BUNDLE_FILES", "DATASOURCE_UID", "SCRAPE_JOB", "export_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ BUNDLE_FILES = (
 DATASOURCE_UID = "mhc-prometheus"
 #: The Prometheus job that scrapes the sidecars.
 SCRAPE_JOB = "mhc-monitor"
+#: The Prometheus job that scrapes Alertmanager, for the dashboard's delivery panels.
+ALERTMANAGER_JOB = "alertmanager"
 
 
 def export_bundle(
@@ -56,6 +59,7 @@ def export_bundle(
     prometheus_url: str = "http://127.0.0.1:9090",
     grafana_url: str | None = None,
     scrape_interval_seconds: float = 15,
+    evaluation_interval_seconds: float | None = None,
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
     pagerduty_routing_key_file: str | None = None,
@@ -63,13 +67,18 @@ def export_bundle(
     webhook_url: str | None = None,
     slack_channel: str | None = None,
     dashboards_path: str | None = None,
+    group_wait_seconds: float = 30,
+    group_interval_seconds: float = 300,
+    repeat_interval_seconds: float = 4 * 3600,
 ) -> list[Path]:
     """Writes the bundle into `directory` (created if missing) and returns the written paths.
 
     `targets` are the sidecars' `host:port` addresses. `grafana_url`, when given,
     links every alert to the dashboard. `dashboards_path` is where Grafana will
-    see `dashboard.json` (default: this folder, absolute). Existing files of the
-    bundle are replaced. Raises `UsageError` for bad targets or addresses.
+    see `dashboard.json` (default: this folder, absolute). The evaluation
+    interval defaults to the scrape interval; the group timings are Alertmanager's.
+    Existing files of the bundle are replaced. Raises `UsageError` for bad
+    targets, addresses or intervals.
     """
     for target in [*targets, alertmanager_address]:
         _check_address(target)
@@ -85,7 +94,12 @@ def export_bundle(
         dashboard_url = f"{grafana_url.rstrip('/')}/d/{dashboard_uid(title)}"
     contents = {
         "prometheus.yml": _prometheus_config(
-            targets, alertmanager_address, scrape_interval_seconds
+            targets,
+            alertmanager_address,
+            scrape_interval_seconds,
+            scrape_interval_seconds
+            if evaluation_interval_seconds is None
+            else evaluation_interval_seconds,
         ),
         "rules.yml": generate_rules(
             config,
@@ -98,9 +112,16 @@ def export_bundle(
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,
             slack_channel=slack_channel,
+            group_wait_seconds=group_wait_seconds,
+            group_interval_seconds=group_interval_seconds,
+            repeat_interval_seconds=repeat_interval_seconds,
         ),
-        "dashboard.json": generate_dashboard(title, config) + "\n",
-        "grafana/provisioning/datasources/mhc.yml": _datasources(prometheus_url),
+        "dashboard.json": (
+            generate_dashboard(title, config, alertmanager_job=ALERTMANAGER_JOB) + "\n"
+        ),
+        "grafana/provisioning/datasources/mhc.yml": _datasources(
+            prometheus_url, scrape_interval_seconds
+        ),
         "grafana/provisioning/dashboards/mhc.yml": _dashboard_provider(
             title, dashboards_path or str(root.resolve())
         ),
@@ -137,13 +158,20 @@ def _dump(document: dict[str, Any]) -> str:
     return text
 
 
-def _prometheus_config(targets: list[str], alertmanager: str, interval_seconds: float) -> str:
-    if not interval_seconds > 0:
-        raise UsageError(f"scrape_interval_seconds must be positive, got {interval_seconds!r}")
-    interval = format_duration(interval_seconds)
+def _interval(name: str, seconds: float) -> str:
+    if not seconds > 0:
+        raise UsageError(f"{name} must be positive, got {seconds!r}")
+    return format_duration(seconds)
+
+
+def _prometheus_config(
+    targets: list[str], alertmanager: str, scrape_seconds: float, evaluation_seconds: float
+) -> str:
+    scrape = _interval("scrape_interval_seconds", scrape_seconds)
+    evaluation = _interval("evaluation_interval_seconds", evaluation_seconds)
     return _dump(
         {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "global": {"scrape_interval": scrape, "evaluation_interval": evaluation},
             "rule_files": ["rules.yml"],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
             "scrape_configs": [
@@ -153,13 +181,14 @@ def _prometheus_config(targets: list[str], alertmanager: str, interval_seconds: 
                     # replica; they win over the scrape target's address.
                     "honor_labels": True,
                     "static_configs": [{"targets": list(targets)}],
-                }
+                },
+                {"job_name": ALERTMANAGER_JOB, "static_configs": [{"targets": [alertmanager]}]},
             ],
         }
     )
 
 
-def _datasources(prometheus_url: str) -> str:
+def _datasources(prometheus_url: str, scrape_seconds: float) -> str:
     return _dump(
         {
             "apiVersion": 1,
@@ -172,6 +201,9 @@ def _datasources(prometheus_url: str) -> str:
                     "url": prometheus_url,
                     "isDefault": True,
                     "editable": False,
+                    # Grafana sizes $__rate_interval from this (four scrapes at
+                    # least); without it, it assumes 15 s.
+                    "jsonData": {"timeInterval": format_duration(scrape_seconds)},
                 }
             ],
         }

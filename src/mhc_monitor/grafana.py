@@ -127,12 +127,19 @@ def dashboard_uid(title: str) -> str:
     return "mhc-" + hashlib.sha256(title.encode("utf-8")).hexdigest()[:16]
 
 
-def generate_dashboard(title: str, config: AlertConfig | None = None) -> str:
+def generate_dashboard(
+    title: str, config: AlertConfig | None = None, *, alertmanager_job: str | None = None
+) -> str:
     """The fleet dashboard as Grafana JSON (`id` null, stable `uid`), ready for import.
 
     Rows: alert levels and delivery health, then for each of the six metrics a
     time series and a stat panel with the thresholds of `config` (defaults if
     None), then rejected samples. Variables: data source, job, instance, model.
+
+    Delivery health shows the sidecars' own notifications (outbox age, attempts
+    by receiver and outcome). With `alertmanager_job`, the Prometheus job that
+    scrapes Alertmanager, it shows Alertmanager's instead (alerts by state,
+    attempts and failures by integration): in a fleet, Alertmanager delivers.
     """
     config = config or AlertConfig()
     builder = (
@@ -158,7 +165,7 @@ def generate_dashboard(title: str, config: AlertConfig | None = None) -> str:
     )
     for variable in _label_variables():
         builder = builder.with_variable(variable)
-    for panel in _dashboard_panels(config):
+    for panel in _dashboard_panels(config, alertmanager_job):
         builder = builder.with_panel(panel)
     document = json.loads(_to_json(builder.build()))
     document["id"] = None
@@ -326,7 +333,7 @@ def _layout(widths: Sequence[tuple[int, int]]) -> Iterator[dashboard_models.Grid
         row_height = max(row_height, h)
 
 
-def _dashboard_panels(config: AlertConfig) -> list[_PanelBuilder]:
+def _dashboard_panels(config: AlertConfig, alertmanager_job: str | None) -> list[_PanelBuilder]:
     sizes: list[tuple[int, int]] = [(12, 6), (12, 6)]
     for _ in METRICS:
         sizes += [(16, 8), (8, 8)]
@@ -334,14 +341,18 @@ def _dashboard_panels(config: AlertConfig) -> list[_PanelBuilder]:
     grids = iter(_layout(sizes))
     ids = iter(range(1, len(sizes) + 1))
 
-    panels: list[_PanelBuilder] = [
-        _alert_level_panel(next(ids), next(grids)),
-        _backlog_panel(next(ids), next(grids)),
-    ]
+    panels: list[_PanelBuilder] = [_alert_level_panel(next(ids), next(grids))]
+    if alertmanager_job is None:
+        panels.append(_backlog_panel(next(ids), next(grids)))
+    else:
+        panels.append(_alertmanager_alerts_panel(alertmanager_job, next(ids), next(grids)))
     for spec in METRICS:
         for kind in (GrafanaPanelType.TIMESERIES, GrafanaPanelType.STAT):
             panels.append(_metric_panel(spec, kind, next(ids), config, next(grids)))
-    panels.append(_notifications_panel(next(ids), next(grids)))
+    if alertmanager_job is None:
+        panels.append(_notifications_panel(next(ids), next(grids)))
+    else:
+        panels.append(_alertmanager_notifications_panel(alertmanager_job, next(ids), next(grids)))
     panels.append(_rejected_panel(next(ids), next(grids)))
     return panels
 
@@ -416,6 +427,51 @@ def _notifications_panel(panel_id: int, grid: dashboard_models.GridPos) -> _Pane
         .unit("ops")
         .min(0)
         .targets([_query(f"sum by (receiver, outcome) ({rate})", "{{receiver}} {{outcome}}", "A")])
+    )
+
+
+def _alertmanager_alerts_panel(
+    job: str, panel_id: int, grid: dashboard_models.GridPos
+) -> _PanelBuilder:
+    expr = f'sum by (state) (alertmanager_alerts{{job="{job}"}})'
+    return (
+        _new_panel(GrafanaPanelType.STAT)
+        .id(panel_id)
+        .title("Alerts in Alertmanager")
+        .description(
+            "Alerts Alertmanager holds, by state: active are notified, suppressed are "
+            "inhibited (a higher level of the same metric fires) or silenced."
+        )
+        .datasource(_DATASOURCE)
+        .grid_pos(grid)
+        .unit("short")
+        .targets([_query(expr, "{{state}}", "A")])
+    )
+
+
+def _alertmanager_notifications_panel(
+    job: str, panel_id: int, grid: dashboard_models.GridPos
+) -> _PanelBuilder:
+    def rate(series: str) -> str:
+        return f'sum by (integration) (rate({series}{{job="{job}"}}[$__rate_interval]))'
+
+    return (
+        _new_panel(GrafanaPanelType.TIMESERIES)
+        .id(panel_id)
+        .title("Notifications (Alertmanager)")
+        .description("Alertmanager's delivery attempts and failures per second by integration.")
+        .datasource(_DATASOURCE)
+        .grid_pos(grid)
+        .unit("ops")
+        .min(0)
+        .targets(
+            [
+                _query(rate("alertmanager_notifications_total"), "{{integration}} attempts", "A"),
+                _query(
+                    rate("alertmanager_notifications_failed_total"), "{{integration}} failed", "B"
+                ),
+            ]
+        )
     )
 
 

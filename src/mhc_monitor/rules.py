@@ -31,6 +31,7 @@ __all__ = [
     "alert_name",
     "format_duration",
     "generate_rules",
+    "has_sum",
 ]
 
 ALERTS_GROUP = "mhc-monitor-alerts"
@@ -160,6 +161,15 @@ def _alerting_rule(
     }
 
 
+def has_sum(spec: MetricSpec) -> bool:
+    """Whether `spec`'s histogram carries `_sum` and `_count` on /metrics.
+
+    The exposition (as OpenMetrics requires) leaves both out of a histogram with
+    a negative bucket, so its sample count is read from the `+Inf` bucket.
+    """
+    return spec.buckets[0] >= 0
+
+
 def _recording_rules() -> list[dict[str, str]]:
     rules: list[dict[str, str]] = []
     for spec in METRICS:
@@ -172,9 +182,15 @@ def _recording_rules() -> list[dict[str, str]]:
                     "expr": f"histogram_quantile({quantile}, {buckets})",
                 }
             )
-        count = f"sum by (model) (rate({spec.series}_count[{_RATE_WINDOW}]))"
-        total = f"sum by (model) (rate({spec.series}_sum[{_RATE_WINDOW}]))"
-        rules.append({"record": f"mhc:{short}:mean_{_RATE_WINDOW}", "expr": f"{total} / {count}"})
+        if has_sum(spec):
+            count = f"sum by (model) (rate({spec.series}_count[{_RATE_WINDOW}]))"
+            total = f"sum by (model) (rate({spec.series}_sum[{_RATE_WINDOW}]))"
+            mean = f"{total} / {count}"
+            rules.append({"record": f"mhc:{short}:mean_{_RATE_WINDOW}", "expr": mean})
+        else:
+            # TODO: a histogram with negative buckets has no _sum on /metrics, so the
+            # fleet has no mean of curvature; only its quantiles and sample rate.
+            count = f'sum by (model) (rate({spec.series}_bucket{{le="+Inf"}}[{_RATE_WINDOW}]))'
         rules.append({"record": f"mhc:{short}:samples_rate{_RATE_WINDOW}", "expr": count})
     rules += [
         {"record": "mhc:alert_level:max", "expr": "max by (model, metric) (mhc_alert_level)"},
