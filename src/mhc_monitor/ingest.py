@@ -55,7 +55,8 @@ class BatchResult:
 
 
 def _unknown(key: object, where: str) -> IngestError:
-    return IngestError(f"unknown metric {key!r}{where}; known metrics: {', '.join(INGEST_KEYS)}")
+    known = ", ".join(INGEST_KEYS)
+    return IngestError(f"unknown metric {_short(key)}{where}; known metrics: {known}")
 
 
 def parse_batch(body: Any) -> dict[MetricSpec, list[Any]]:
@@ -141,5 +142,13 @@ def _json_kind(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    # Never the repr of a container: JSON nests 1024 deep, past Python's recursion limit.
+    if isinstance(value, list):
+        return f"a JSON array of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a JSON object with keys {_truncate(repr(list(value)[:5]))}"
+    return _truncate(repr(value))
+
+
+def _truncate(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."

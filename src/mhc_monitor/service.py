@@ -31,6 +31,7 @@ from starlette.routing import Route
 from .exposition import MonitorCollector, package_version
 from .ingest import IngestError, parse_batch, record_batch
 from .monitor import GeometricSpeculationMonitor
+from .openapi import openapi_route
 from .page import page_routes
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "AlertSource", "create_app"]
@@ -180,7 +181,9 @@ def _http_error_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return _error(404, f"no such endpoint: {request.url.path}")
     if exc.status_code == 405:
-        return _error(405, f"method {request.method} is not allowed on {request.url.path}")
+        response = _error(405, f"method {request.method} is not allowed on {request.url.path}")
+        response.headers.update(exc.headers or {})  # Allow: the methods the path takes
+        return response
     return _error(exc.status_code, str(exc.detail))
 
 
@@ -205,6 +208,7 @@ def create_app(
         Route("/v1/summary", sidecar.summary, methods=["GET"]),
         Route("/v1/alerts", sidecar.alerts, methods=["GET"]),
         Route("/v1/samples", sidecar.samples, methods=["POST"]),
+        openapi_route(token_required=bool(token), max_body_bytes=max_body_bytes),
     ]
     routes.extend(page_routes(monitor))
     routes.extend(extra_routes or [])
