@@ -163,3 +163,37 @@ def test_bad_arguments_raise_usage_error_and_write_nothing(
     with pytest.raises(UsageError, match=message):
         export_bundle(tmp_path / "out", **arguments)
     assert not (tmp_path / "out").exists()
+
+
+def test_export_command_passes_intervals_timings_and_the_config_lifecycle(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mhc_monitor.cli import main
+
+    config = tmp_path / "mhc.toml"
+    config.write_text("[thresholds.energy]\nfor = 30\n\n[lifecycle]\nkeep_firing_for = 10\n")
+    arguments = ["export", str(tmp_path / "out"), "--config", str(config)]
+    arguments += ["--target", "127.0.0.1:9401", "--alertmanager", "127.0.0.1:19093"]
+    arguments += ["--scrape-interval", "2", "--evaluation-interval", "1"]
+    arguments += ["--group-wait", "1", "--group-interval", "2", "--repeat-interval", "60"]
+    arguments += ["--webhook-url", "http://127.0.0.1:9/hook"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+
+    out = tmp_path / "out"
+    assert _yaml(out / "prometheus.yml")["global"] == {
+        "scrape_interval": "2s",
+        "evaluation_interval": "1s",
+    }
+    route = _yaml(out / "alertmanager.yml")["route"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        "1s",
+        "2s",
+        "60s",
+    )
+    rules = {rule["alert"]: rule for rule in _yaml(out / "rules.yml")["groups"][0]["rules"]}
+    assert rules["MhcEnergyWarning"]["for"] == "30s"
+    assert "for" not in rules["MhcLatencyWarning"]
+    assert {rule["keep_firing_for"] for rule in rules.values()} == {"10s"}
+    datasource = _yaml(out / "grafana/provisioning/datasources/mhc.yml")["datasources"][0]
+    assert datasource["jsonData"] == {"timeInterval": "2s"}

@@ -144,6 +144,18 @@ def test_timing_and_dashboard_link() -> None:
         assert rule["annotations"]["dashboard"] == "http://g/d/u"
 
 
+def test_for_by_metric_overrides_the_default_pending_time() -> None:
+    text = generate_rules(AlertConfig(), for_seconds=60, for_by_metric={"latency": 0, "energy": 5})
+    pending = {rule["alert"]: rule.get("for") for rule in _groups(text)[ALERTS_GROUP]}
+    assert pending["MhcLatencyWarning"] is None
+    assert pending["MhcEnergyEmergency"] == "5s"
+    assert pending["MhcAcceptanceCritical"] == "60s"
+    with pytest.raises(UsageError, match="unknown metric 'latency_ms'"):
+        generate_rules(AlertConfig(), for_by_metric={"latency_ms": 1})
+    with pytest.raises(UsageError):
+        generate_rules(AlertConfig(), for_by_metric={"latency": -1})
+
+
 @pytest.mark.parametrize(
     ("seconds", "expected"),
     [(0, "0s"), (1, "1s"), (90, "90s"), (0.25, "250ms"), (1.5, "1500ms"), (3600, "3600s")],
@@ -339,3 +351,33 @@ def test_for_and_keep_firing_for_delay_firing_and_resolution(tmp_path: Path) -> 
     (tmp_path / "test.yml").write_text(yaml.safe_dump(document, sort_keys=False))
     result = _promtool("test", "rules", "test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_rules_command_carries_the_config_lifecycle(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mhc_monitor.cli import main
+
+    config = tmp_path / "mhc.toml"
+    config.write_text(
+        "[thresholds.latency]\nfor = 30\n\n[lifecycle]\nfor = 5\nkeep_firing_for = 10\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(main, ["rules", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    timing = {
+        rule["alert"]: (rule.get("for"), rule.get("keep_firing_for"))
+        for rule in _groups(result.output)[ALERTS_GROUP]
+    }
+    assert timing["MhcLatencyCritical"] == ("30s", "10s")
+    assert timing["MhcAcceptanceWarning"] == ("5s", "10s")
+
+    result = runner.invoke(
+        main, ["rules", "--config", str(config), "--for", "0", "--keep-firing-for", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    timing = {
+        rule["alert"]: (rule.get("for"), rule.get("keep_firing_for"))
+        for rule in _groups(result.output)[ALERTS_GROUP]
+    }
+    assert set(timing.values()) == {(None, None)}

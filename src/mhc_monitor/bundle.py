@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ def export_bundle(
     evaluation_interval_seconds: float | None = None,
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
+    for_by_metric: Mapping[str, float] | None = None,
     pagerduty_routing_key_file: str | None = None,
     slack_webhook_url_file: str | None = None,
     webhook_url: str | None = None,
@@ -74,9 +76,10 @@ def export_bundle(
     """Writes the bundle into `directory` (created if missing) and returns the written paths.
 
     `targets` are the sidecars' `host:port` addresses. `grafana_url`, when given,
-    links every alert to the dashboard. `dashboards_path` is where Grafana will
-    see `dashboard.json` (default: this folder, absolute). The evaluation
-    interval defaults to the scrape interval; the group timings are Alertmanager's.
+    links every alert to the dashboard; the rule timings are those of
+    `generate_rules`. `dashboards_path` is where Grafana will see
+    `dashboard.json` (default: this folder, absolute). The evaluation interval
+    defaults to the scrape interval; the group timings are Alertmanager's.
     Existing files of the bundle are replaced. Raises `UsageError` for bad
     targets, addresses or intervals.
     """
@@ -105,6 +108,7 @@ def export_bundle(
             config,
             for_seconds=for_seconds,
             keep_firing_for_seconds=keep_firing_for_seconds,
+            for_by_metric=for_by_metric,
             dashboard_url=dashboard_url,
         ),
         "alertmanager.yml": generate_alertmanager_config(

@@ -490,26 +490,41 @@ _config_option = click.option(
     help="Seconds a rule must hold before firing (default: the config's).",
 )
 @click.option(
-    "--keep-firing-for", "keep_s", type=click.FloatRange(min=0), default=0.0, show_default=True
+    "--keep-firing-for",
+    "keep_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a rule keeps firing once clear (default: the config's).",
 )
 @click.option("--dashboard-url", help="Link put in every alert's annotations.")
 def rules(
-    config_path: str | None, for_s: float | None, keep_s: float, dashboard_url: str | None
+    config_path: str | None, for_s: float | None, keep_s: float | None, dashboard_url: str | None
 ) -> None:
     """Print Prometheus alerting and recording rules for the thresholds."""
     from .rules import generate_rules
 
     settings = _load_settings(config_path)
-    if for_s is None:
-        for_s = settings.alerting.lifecycle.for_s
     _echo_generated(
         lambda: generate_rules(
             settings.alert_config,
-            for_seconds=for_s,
-            keep_firing_for_seconds=keep_s,
+            **_rule_timing(settings, for_s, keep_s),
             dashboard_url=dashboard_url,
         )
     )
+
+
+def _rule_timing(settings: Settings, for_s: float | None, keep_s: float | None) -> dict[str, Any]:
+    """The rules' pending and keep-firing times: the options', else the config's lifecycle's.
+
+    An explicit `--for` applies to every metric; otherwise the lifecycle's
+    per-metric pending times are carried over too.
+    """
+    lifecycle = settings.alerting.lifecycle
+    return {
+        "for_seconds": lifecycle.for_s if for_s is None else for_s,
+        "for_by_metric": dict(lifecycle.for_by_metric) if for_s is None else {},
+        "keep_firing_for_seconds": lifecycle.keep_firing_for_s if keep_s is None else keep_s,
+    }
 
 
 def _echo_generated(generate: Any) -> None:
@@ -651,7 +666,6 @@ def export(
     from .bundle import export_bundle
 
     settings = _load_settings(config_path)
-    lifecycle = settings.alerting.lifecycle
     try:
         paths = export_bundle(
             directory,
@@ -662,8 +676,7 @@ def export(
             grafana_url=grafana_url,
             scrape_interval_seconds=scrape_interval,
             evaluation_interval_seconds=evaluation_interval,
-            for_seconds=lifecycle.for_s if for_s is None else for_s,
-            keep_firing_for_seconds=lifecycle.keep_firing_for_s,
+            **_rule_timing(settings, for_s, None),
             pagerduty_routing_key_file=pagerduty_routing_key_file,
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,

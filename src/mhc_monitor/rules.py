@@ -21,7 +21,7 @@ import yaml
 
 from .alerts import AlertConfig, AlertLevel, to_float32
 from .errors import UsageError
-from .metrics import METRICS, Direction, MetricSpec
+from .metrics import METRICS, Direction, MetricName, MetricSpec
 
 __all__ = [
     "ALERTS_GROUP",
@@ -89,26 +89,33 @@ def generate_rules(
     *,
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
+    for_by_metric: Mapping[str, float] | None = None,
     dashboard_url: str | None = None,
 ) -> str:
     """A Prometheus rule file (YAML): one alerting rule per metric and configured level,
     and recording rules for fleet aggregates.
 
     `for` and `keep_firing_for` (Prometheus >= 2.42) are written only when
-    non-zero; `dashboard_url` becomes each alert's `dashboard` annotation.
-    Raises `UsageError` for a negative or non-finite duration.
+    non-zero; `for_by_metric` overrides `for_seconds` for the metrics it names,
+    as the in-process lifecycle does. `dashboard_url` becomes each alert's
+    `dashboard` annotation. Raises `UsageError` for a negative or non-finite
+    duration or an unknown metric name.
     """
-    # TODO: the in-process lifecycle's per-metric `for` and its clear margin are not
-    # carried into the rules, so a rule resolves as soon as the gauge is back within
-    # the threshold while the in-process alert waits for the margin.
-    timing: dict[str, str] = {}
-    for key, seconds in (("for", for_seconds), ("keep_firing_for", keep_firing_for_seconds)):
-        duration = format_duration(seconds)
-        if seconds:
-            timing[key] = duration
+    # TODO: the in-process lifecycle's clear margin is not carried into the rules,
+    # so a rule resolves as soon as the gauge is back within the threshold while
+    # the in-process alert waits for the margin.
+    pending = _pending_by_metric(for_seconds, for_by_metric or {})
+    keep = _duration_field("keep_firing_for", keep_firing_for_seconds)
 
     alerting = [
-        _alerting_rule(spec, level, threshold, config.statistic(spec.name), timing, dashboard_url)
+        _alerting_rule(
+            spec,
+            level,
+            threshold,
+            config.statistic(spec.name),
+            {**pending[spec.name], **keep},
+            dashboard_url,
+        )
         for spec in METRICS
         for level, threshold in config.thresholds(spec.name)
     ]
@@ -120,6 +127,27 @@ def generate_rules(
     }
     text: str = yaml.safe_dump(document, sort_keys=False, width=1000)
     return text
+
+
+def _duration_field(key: str, seconds: float) -> dict[str, str]:
+    """`{key: duration}`, or nothing for zero; a bad duration raises `UsageError`."""
+    duration = format_duration(seconds)
+    return {key: duration} if seconds else {}
+
+
+def _pending_by_metric(
+    for_seconds: float, overrides: Mapping[str, float]
+) -> dict[MetricName, dict[str, str]]:
+    known = {str(spec.name) for spec in METRICS}
+    unknown = sorted(set(map(str, overrides)) - known)
+    if unknown:
+        raise UsageError(
+            f"unknown metric {unknown[0]!r} in for_by_metric (known: {sorted(known)})"
+        )
+    return {
+        spec.name: _duration_field("for", overrides.get(str(spec.name), for_seconds))
+        for spec in METRICS
+    }
 
 
 def _alerting_rule(
