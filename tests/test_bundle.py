@@ -65,6 +65,7 @@ def test_bundle_files_match_the_generators(tmp_path: Path) -> None:
         CONFIG,
         for_seconds=30,
         dashboard_url=f"http://grafana.local:3000/d/{dashboard_uid('fleet')}",
+        scrape_job=SCRAPE_JOB,
     )
     assert (tmp_path / "alertmanager.yml").read_text() == generate_alertmanager_config(
         pagerduty_routing_key_file="/run/secrets/pd",
@@ -133,7 +134,7 @@ def test_promtool_check_config_is_clean_in_the_exported_folder(tmp_path: Path) -
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in output
-    rule_count = 16 + 32  # 15 default levels + Sinkhorn warning; 32 recording rules
+    rule_count = 17 + 32  # 15 default levels, Sinkhorn warning, sidecar down; 32 recording
     assert f"SUCCESS: {rule_count} rules found" in output
     assert "WARNING" not in output
 
@@ -194,6 +195,8 @@ def test_export_command_passes_intervals_timings_and_the_config_lifecycle(tmp_pa
     rules = {rule["alert"]: rule for rule in _yaml(out / "rules.yml")["groups"][0]["rules"]}
     assert rules["MhcEnergyWarning"]["for"] == "30s"
     assert "for" not in rules["MhcLatencyWarning"]
+    down = rules.pop("MhcSidecarDown")
+    assert (down["expr"], down["for"]) == ('up{job="mhc-monitor"} == 0', "60s")
     assert {rule["keep_firing_for"] for rule in rules.values()} == {"10s"}
     datasource = _yaml(out / "grafana/provisioning/datasources/mhc.yml")["datasources"][0]
     assert datasource["jsonData"] == {"timeInterval": "2s"}

@@ -18,6 +18,7 @@ from mhc_monitor.metrics import METRICS, Direction, MetricName, MetricSpec
 from mhc_monitor.rules import (
     ALERTS_GROUP,
     RECORDING_GROUP,
+    SIDECAR_DOWN_ALERT,
     alert_name,
     format_duration,
     generate_rules,
@@ -142,6 +143,22 @@ def test_timing_and_dashboard_link() -> None:
         assert rule["for"] == "90s"
         assert rule["keep_firing_for"] == "250ms"
         assert rule["annotations"]["dashboard"] == "http://g/d/u"
+
+
+def test_sidecar_down_rule_only_with_a_scrape_job() -> None:
+    assert SIDECAR_DOWN_ALERT not in generate_rules(AlertConfig())
+    text = generate_rules(
+        AlertConfig(), scrape_job="mhc", down_for_seconds=90, dashboard_url="http://g/d/u"
+    )
+    down = _groups(text)[ALERTS_GROUP][-1]
+    assert down["alert"] == SIDECAR_DOWN_ALERT
+    assert down["expr"] == 'up{job="mhc"} == 0'
+    assert down["for"] == "90s"
+    assert down["labels"] == {"severity": "error", "metric": "up", "level": "critical"}
+    assert down["annotations"]["dashboard"] == "http://g/d/u"
+    assert "{{ $labels.instance }}" in down["annotations"]["summary"]
+    immediate = _groups(generate_rules(AlertConfig(), scrape_job="mhc", down_for_seconds=0))
+    assert "for" not in immediate[ALERTS_GROUP][-1]
 
 
 def test_for_by_metric_overrides_the_default_pending_time() -> None:

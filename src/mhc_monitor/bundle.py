@@ -2,7 +2,8 @@
 
     DIR/prometheus.yml                              scrape the sidecars and Alertmanager,
                                                     load rules.yml
-    DIR/rules.yml                                   alerting and recording rules
+    DIR/rules.yml                                   alerting and recording rules,
+                                                    a sidecar-down alert
     DIR/alertmanager.yml                            receivers, routes, inhibition
     DIR/dashboard.json                              the fleet dashboard
     DIR/grafana/provisioning/datasources/mhc.yml    the Prometheus data source
@@ -64,6 +65,7 @@ def export_bundle(
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
     for_by_metric: Mapping[str, float] | None = None,
+    down_for_seconds: float = 60,
     pagerduty_routing_key_file: str | None = None,
     slack_webhook_url_file: str | None = None,
     webhook_url: str | None = None,
@@ -77,7 +79,8 @@ def export_bundle(
 
     `targets` are the sidecars' `host:port` addresses. `grafana_url`, when given,
     links every alert to the dashboard; the rule timings are those of
-    `generate_rules`. `dashboards_path` is where Grafana will see
+    `generate_rules`, and a sidecar that misses scrapes for `down_for_seconds`
+    raises `MhcSidecarDown`. `dashboards_path` is where Grafana will see
     `dashboard.json` (default: this folder, absolute). The evaluation interval
     defaults to the scrape interval; the group timings are Alertmanager's.
     Existing files of the bundle are replaced. Raises `UsageError` for bad
@@ -110,6 +113,8 @@ def export_bundle(
             keep_firing_for_seconds=keep_firing_for_seconds,
             for_by_metric=for_by_metric,
             dashboard_url=dashboard_url,
+            scrape_job=SCRAPE_JOB,
+            down_for_seconds=down_for_seconds,
         ),
         "alertmanager.yml": generate_alertmanager_config(
             pagerduty_routing_key_file=pagerduty_routing_key_file,

@@ -642,6 +642,13 @@ def alertmanager_config(
     default=None,
     help="Seconds a rule must hold before firing (default: the config's).",
 )
+@click.option(
+    "--down-for",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a sidecar may miss scrapes before MhcSidecarDown fires.",
+)
 @_with_receivers
 @_with_grouping
 def export(
@@ -654,6 +661,7 @@ def export(
     scrape_interval: float,
     evaluation_interval: float | None,
     for_s: float | None,
+    down_for: float,
     pagerduty_routing_key_file: str | None,
     slack_webhook_url_file: str | None,
     webhook_url: str | None,
@@ -677,6 +685,7 @@ def export(
             scrape_interval_seconds=scrape_interval,
             evaluation_interval_seconds=evaluation_interval,
             **_rule_timing(settings, for_s, None),
+            down_for_seconds=down_for,
             pagerduty_routing_key_file=pagerduty_routing_key_file,
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,

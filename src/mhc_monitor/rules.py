@@ -13,6 +13,7 @@ inhibit a lower level while a higher one fires for the same metric and instance.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "ALERTS_GROUP",
     "RECORDING_GROUP",
     "SEVERITY_BY_LEVEL",
+    "SIDECAR_DOWN_ALERT",
     "alert_expr",
     "alert_name",
     "format_duration",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 ALERTS_GROUP = "mhc-monitor-alerts"
+#: The alert for a sidecar that Prometheus cannot scrape.
+SIDECAR_DOWN_ALERT = "MhcSidecarDown"
 RECORDING_GROUP = "mhc-monitor-fleet"
 
 #: Alert level to severity label, the same mapping as PagerDuty's event severity.
@@ -91,6 +95,8 @@ def generate_rules(
     keep_firing_for_seconds: float = 0,
     for_by_metric: Mapping[str, float] | None = None,
     dashboard_url: str | None = None,
+    scrape_job: str | None = None,
+    down_for_seconds: float = 60,
 ) -> str:
     """A Prometheus rule file (YAML): one alerting rule per metric and configured level,
     and recording rules for fleet aggregates.
@@ -98,8 +104,14 @@ def generate_rules(
     `for` and `keep_firing_for` (Prometheus >= 2.42) are written only when
     non-zero; `for_by_metric` overrides `for_seconds` for the metrics it names,
     as the in-process lifecycle does. `dashboard_url` becomes each alert's
-    `dashboard` annotation. Raises `UsageError` for a negative or non-finite
-    duration or an unknown metric name.
+    `dashboard` annotation.
+
+    With `scrape_job`, the Prometheus job scraping the sidecars, one more rule
+    (`MhcSidecarDown`, critical) fires when a sidecar has not answered scrapes
+    for `down_for_seconds`: its series are gone then, so its other alerts
+    resolve in Prometheus although nothing says the replica is healthy.
+    Raises `UsageError` for a negative or non-finite duration or an unknown
+    metric name.
     """
     # TODO: the in-process lifecycle's clear margin is not carried into the rules,
     # so a rule resolves as soon as the gauge is back within the threshold while
@@ -119,6 +131,8 @@ def generate_rules(
         for spec in METRICS
         for level, threshold in config.thresholds(spec.name)
     ]
+    if scrape_job is not None:
+        alerting.append(_down_rule(scrape_job, down_for_seconds, dashboard_url))
     document = {
         "groups": [
             {"name": ALERTS_GROUP, "rules": alerting},
@@ -196,6 +210,26 @@ def has_sum(spec: MetricSpec) -> bool:
     a negative bucket, so its sample count is read from the `+Inf` bucket.
     """
     return spec.buckets[0] >= 0
+
+
+def _down_rule(job: str, for_seconds: float, dashboard_url: str | None) -> dict[str, Any]:
+    level = AlertLevel.CRITICAL
+    annotations = {
+        "summary": "mhc-monitor sidecar {{ $labels.instance }} does not answer scrapes",
+        "description": (
+            f"Prometheus job {job!r} cannot scrape {{{{ $labels.instance }}}}: "
+            "its metrics are missing and its other alerts have resolved for lack of data."
+        ),
+    }
+    if dashboard_url is not None:
+        annotations["dashboard"] = dashboard_url
+    return {
+        "alert": SIDECAR_DOWN_ALERT,
+        "expr": f"up{{job={json.dumps(job)}}} == 0",
+        **_duration_field("for", for_seconds),
+        "labels": {"severity": SEVERITY_BY_LEVEL[level], "metric": "up", "level": "critical"},
+        "annotations": annotations,
+    }
 
 
 def _recording_rules() -> list[dict[str, str]]:
