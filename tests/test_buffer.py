@@ -154,3 +154,21 @@ def test_statistics_agree_with_numpy(capacity: int, pushes: list[float], p: floa
 def test_percentile_of_sorted_is_numpy_linear_bit_for_bit(values: list[float], p: float) -> None:
     arr = np.asarray(values, dtype=np.float64)
     assert percentile_of_sorted(arr, p) == np.percentile(arr, p, method="linear")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(min_value=1, max_value=1500),
+    pushes=st.lists(floats, min_size=1, max_size=2000),
+)
+def test_summary_statistics_are_numpy_bit_for_bit(capacity: int, pushes: list[float]) -> None:
+    buf = MetricsBuffer(capacity)
+    for value in pushes:
+        buf.push(value)
+    values = np.asarray(buf.values())
+    stats = buf.stats()
+    assert stats.mean == np.mean(values)
+    assert stats.stddev == np.std(values)
+    assert (stats.min, stats.max) == (np.min(values), np.max(values))
+    expected = np.percentile(values, (50, 90, 95, 99))
+    assert [stats.p50, stats.p90, stats.p95, stats.p99] == expected.tolist()

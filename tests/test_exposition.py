@@ -7,11 +7,18 @@ import subprocess
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from mhc_monitor import AlertConfig, GeometricSpeculationMonitor, format_prometheus_metrics
 from mhc_monitor.alerts import to_float32
+from mhc_monitor.exposition import EXPOSED_STATS, MonitorCollector
 from mhc_monitor.metrics import METRICS
+from mhc_monitor.monitor import _Window
+from mhc_monitor.service import create_app
+from sidecar import client, running
 
 
 def busy_monitor(labels: dict[str, str] | None = None) -> GeometricSpeculationMonitor:
@@ -124,3 +131,133 @@ def test_an_empty_window_exposes_no_window_gauge() -> None:
     text = format_prometheus_metrics(GeometricSpeculationMonitor())
     assert "mhc_latency_window_seconds{" not in text
     assert 'mhc_window_samples{metric="latency"} 0.0' in text
+
+
+def reference_text(collector: MonitorCollector, *, openmetrics: bool = False) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    encode = generate_openmetrics if openmetrics else generate_latest
+    return encode(registry).decode("utf-8")
+
+
+def changing_fleet() -> list[GeometricSpeculationMonitor]:
+    escaped = {"zone": 'a "b" \\ c\nd', "model": "m", "instance": "i0"}
+    return [
+        busy_monitor(escaped),
+        GeometricSpeculationMonitor(labels={**escaped, "instance": "i1"}, window=7),
+        GeometricSpeculationMonitor(labels={"model": "other"}),
+    ]
+
+
+def change(monitors: list[GeometricSpeculationMonitor], step: int) -> None:
+    rng = np.random.default_rng(step)
+    first, second, _ = monitors
+    first.record_many("latency", rng.gamma(2, 15, 40))
+    first.record_curvature(-20.0)
+    second.record_many("sinkhorn_iterations", rng.integers(0, 80, 3))
+    second.record_energy(-1.0)
+    if step == 2:
+        first.reset()
+    if step == 3:
+        # Counts past 1e6 switch the value format to Go's exponent form.
+        second.record_many("acceptance", np.full(1_200_000, 0.5))
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_render_is_byte_for_byte_what_generate_latest_writes(openmetrics: bool) -> None:
+    monitors = changing_fleet()
+    collector = MonitorCollector(monitors)
+    for step in range(5):
+        rendered = collector.render(openmetrics=openmetrics)
+        if openmetrics:
+            rendered += "# EOF\n"
+        assert rendered == reference_text(collector, openmetrics=openmetrics), step
+        assert collector.render(openmetrics=openmetrics) == rendered.removesuffix("# EOF\n")
+        change(monitors, step)
+
+
+def test_render_of_no_monitor_and_of_a_monitor_without_labels() -> None:
+    assert MonitorCollector([]).render() == ""
+    bare = MonitorCollector(GeometricSpeculationMonitor(), build_info=False)
+    assert bare.render() == reference_text(bare)
+    assert "mhc_build_info" not in bare.render()
+
+
+def test_unchanged_windows_are_not_rendered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    original = _Window.exposition_state
+
+    def counted(self: _Window) -> object:
+        calls.append(self.spec.name.value)
+        return original(self)
+
+    monkeypatch.setattr(_Window, "exposition_state", counted)
+    monitor = busy_monitor()
+    first = format_prometheus_metrics(monitor)
+    assert len(calls) == len(METRICS)
+    calls.clear()
+    assert format_prometheus_metrics(monitor) == first
+    assert calls == []
+    monitor.record_latency(10.0)
+    monitor.record_latency(-1.0)
+    second = format_prometheus_metrics(monitor)
+    assert calls == ["latency"]
+    assert second != first
+    assert (
+        samples(second)[
+            (
+                "mhc_samples_rejected_total",
+                (("metric", "latency"), ("model", "m1"), ("reason", "out_of_range")),
+            )
+        ]
+        == 2
+    )
+
+
+def test_rendered_exposition_parses_back_to_the_monitors_state() -> None:
+    monitors = changing_fleet()
+    collector = MonitorCollector(monitors)
+    for step in range(4):
+        collector.render()
+        change(monitors, step)
+        got = samples(collector.render())
+        for monitor in monitors:
+            base = tuple(sorted((k, monitor.labels.get(k, "")) for k in monitors[0].labels))
+            drops = monitor.rejected()
+            for spec in METRICS:
+                snap = monitor.histogram(spec.name)
+                for bound, count in zip(snap.bounds, snap.cumulative, strict=True):
+                    le = floatToGoString(bound * spec.scale)
+                    key = (f"{spec.series}_bucket", tuple(sorted((*base, ("le", le)))))
+                    assert got[key] == count
+                inf = (f"{spec.series}_bucket", tuple(sorted((*base, ("le", "+Inf")))))
+                assert got[inf] == snap.count
+                stats = monitor.window_stats(spec.name)
+                for stat in EXPOSED_STATS:
+                    key = (spec.window_series, tuple(sorted((*base, ("stat", stat)))))
+                    if stats.count:
+                        assert got[key] == stats.get(stat) * spec.scale
+                    else:
+                        assert key not in got
+                metric = ("metric", spec.name.value)
+                key = ("mhc_window_samples", tuple(sorted((*base, metric))))
+                assert got[key] == stats.count
+                key = ("mhc_alert_level", tuple(sorted((*base, metric))))
+                assert got[key] == monitor.evaluate(spec.name)[0]
+                for reason, n in drops[spec.name.value].items():
+                    labels = tuple(sorted((*base, metric, ("reason", reason))))
+                    assert got[("mhc_samples_rejected_total", labels)] == n
+
+
+def test_sidecar_metrics_serve_the_registry_bytes_in_both_formats() -> None:
+    monitor = busy_monitor({"model": "m", "instance": "a"})
+    app = create_app(monitor)
+    sidecar = app.state.sidecar
+    accept_om = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    with running(app) as url, client(url) as http:
+        for accept, encode in ((accept_om, generate_openmetrics), ("", generate_latest)):
+            for _ in range(2):
+                monitor.record_latency(12.0)
+                r = http.get("/metrics", headers={"accept": accept})
+                assert r.status_code == 200
+                assert r.content == encode(sidecar.registry)

@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mhc_monitor import (
     AlertConfig,
@@ -17,6 +19,9 @@ from mhc_monitor import (
     UsageError,
 )
 from mhc_monitor.alerts import make_dedup_key
+from mhc_monitor.buffer import MetricsBuffer
+from mhc_monitor.exposition import format_prometheus_metrics
+from mhc_monitor.metrics import METRICS, spec_for
 
 L = AlertLevel
 
@@ -302,3 +307,119 @@ def test_summary_reports_statistics_level_and_threshold() -> None:
     assert lat["count"] == 4
     assert summary.to_dict()["level"] == "warning"
     assert summary.to_dict()["metrics"]["energy"]["mean"] is None
+
+
+batch_items = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-2.0, 2.0),
+    st.integers(-5, 80),
+    st.integers(2**60, 2**1100),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.sampled_from([np.float32(0.25), np.float64(3.5), np.int64(7), np.bool_(True)]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    metric=st.sampled_from([spec.name.value for spec in METRICS]),
+    items=st.lists(batch_items, max_size=40),
+    as_array=st.booleans(),
+)
+def test_record_many_keeps_and_drops_exactly_what_single_calls_do(
+    metric: str, items: list[object], as_array: bool
+) -> None:
+    singles = GeometricSpeculationMonitor(window=16)
+    batched = GeometricSpeculationMonitor(window=16)
+    record = getattr(singles, spec_for(metric).record_call)
+    for item in items:
+        record(item)
+    values: object = items
+    numeric = all(type(i) in (float, int) and abs(i) < 2**1000 for i in items)  # type: ignore[operator]
+    if as_array and numeric:
+        values = np.asarray(items, dtype=np.float64)
+    accepted, rejected = batched.record_batch(metric, values)  # type: ignore[arg-type]
+    assert batched.window_values(metric) == singles.window_values(metric)
+    assert batched.histogram(metric) == singles.histogram(metric)
+    assert batched.rejected() == singles.rejected()
+    assert accepted == singles.histogram(metric).count
+    assert rejected == {k: n for k, n in singles.rejected()[metric].items() if n}
+
+
+def test_record_many_does_not_convert_strings_bools_or_none() -> None:
+    monitor = GeometricSpeculationMonitor()
+    accepted, rejected = monitor.record_batch("latency", ["1.5", True, None, 2.0, 3])
+    assert (accepted, rejected) == (2, {"invalid_type": 3})
+    assert monitor.window_values("latency") == [2.0, 3.0]
+
+
+def test_window_statistics_are_computed_once_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[int] = []
+    original = MetricsBuffer._compute
+
+    def counted(self: MetricsBuffer) -> object:
+        computed.append(len(self))
+        return original(self)
+
+    monkeypatch.setattr(MetricsBuffer, "_compute", counted)
+    monitor = GeometricSpeculationMonitor(labels={"model": "m"})
+    monitor.record_many("latency", [10.0, 20.0, 30.0])
+    monitor.record_acceptance(0.9)
+    # A scrape, a summary and an evaluation in the same second share one computation.
+    format_prometheus_metrics(monitor)
+    summary = monitor.get_summary()
+    monitor.check_thresholds()
+    monitor.get_alerts()
+    assert sorted(computed) == [1, 3]
+    computed.clear()
+    assert monitor.get_summary().metrics == summary.metrics
+    format_prometheus_metrics(monitor)
+    assert computed == []
+    monitor.record_latency(40.0)
+    format_prometheus_metrics(monitor)
+    monitor.get_summary()
+    assert computed == [4]
+
+
+def test_summary_follows_drops_resets_and_a_new_config() -> None:
+    monitor = GeometricSpeculationMonitor()
+    monitor.record_latency(60.0)
+    first = monitor.get_summary().metrics["latency"]
+    assert first.level is L.WARNING and first.total == 1
+    monitor.record_latency(-1.0)
+    assert monitor.get_summary().metrics["latency"].rejected["out_of_range"] == 1
+    monitor.config = AlertConfig(latency_warning_ms=70.0)
+    assert monitor.get_summary().metrics["latency"].level is L.INFO
+    monitor.reset()
+    monitor.record_latency(60.0)
+    after = monitor.get_summary().metrics["latency"]
+    assert (after.stats.count, after.total) == (1, 2)
+
+
+def test_a_subclass_overriding_a_record_call_is_called() -> None:
+    seen: list[float] = []
+
+    class Traced(GeometricSpeculationMonitor):
+        def record_latency(self, ms: float) -> None:
+            seen.append(ms)
+            super().record_latency(ms)
+
+    monitor = Traced()
+    monitor.record_latency(5.0)
+    monitor.record_acceptance(0.5)
+    assert seen == [5.0]
+    assert monitor.window_values("latency") == [5.0]
+    assert monitor.window_values("acceptance") == [0.5]
+
+
+def test_reads_between_samples_never_lose_one_from_the_histogram() -> None:
+    # A read folds mid-ring; the next fold must happen before those samples are overwritten.
+    monitor = GeometricSpeculationMonitor(window=5)
+    for i in range(23):
+        monitor.record_latency(float(i))
+        if i % 3 == 0:
+            monitor.histogram("latency")
+    snap = monitor.histogram("latency")
+    assert snap.count == 23
+    assert snap.sum == sum(range(23))

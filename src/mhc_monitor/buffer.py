@@ -9,6 +9,7 @@ stale as samples leave the window), and reused until it changes again.
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from dataclasses import dataclass
@@ -52,6 +53,26 @@ class WindowStats:
 _EMPTY = WindowStats(0, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN)
 
 
+def _percentile_position(n: int, p: float) -> tuple[int, int, float]:
+    """(index below, index above, weight of the one above) of the p-th percentile of n values.
+
+    numpy's "linear" method: virtual index (n - 1) * p / 100, floored.
+    """
+    virtual = (n - 1) * (p / 100)
+    if virtual >= n - 1:
+        return n - 1, n - 1, 0.0
+    below = math.floor(virtual)
+    return below, below + 1, virtual - below
+
+
+def _lerp(a: float, b: float, gamma: float) -> float:
+    # numpy's two-sided interpolation, so results agree bit for bit.
+    diff = b - a
+    if gamma >= 0.5:
+        return b - diff * (1 - gamma)
+    return a + diff * gamma
+
+
 def percentile_of_sorted(ordered: npt.NDArray[np.float64], p: float) -> float:
     """The p-th percentile of an ascending array, exactly as `numpy.percentile(..., p)`.
 
@@ -61,17 +82,26 @@ def percentile_of_sorted(ordered: npt.NDArray[np.float64], p: float) -> float:
     n = len(ordered)
     if n == 0:
         return _NAN
-    virtual = (n - 1) * (p / 100)
-    if virtual >= n - 1:
-        return float(ordered[n - 1])
-    below = math.floor(virtual)
-    gamma = virtual - below
-    a = float(ordered[below])
-    b = float(ordered[below + 1])
-    diff = b - a
-    if gamma >= 0.5:
-        return b - diff * (1 - gamma)
-    return a + diff * gamma
+    below, above, gamma = _percentile_position(n, p)
+    if below == above:
+        return float(ordered[below])
+    return _lerp(float(ordered[below]), float(ordered[above]), gamma)
+
+
+_SUMMARY_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _summary_picks(n: int) -> tuple[npt.NDArray[np.intp], tuple[float, ...]]:
+    """For a window of n: the sorted positions to read (min, max, then a pair per
+    summary percentile) and each percentile's interpolation weight."""
+    indices = [0, n - 1]
+    gammas = []
+    for p in _SUMMARY_PERCENTILES:
+        below, above, gamma = _percentile_position(n, p)
+        indices += (below, above)
+        gammas.append(gamma)
+    return np.asarray(indices, dtype=np.intp), tuple(gammas)
 
 
 class MetricsBuffer:
@@ -157,21 +187,29 @@ class MetricsBuffer:
     def _compute(self) -> WindowStats:
         if self._pushes == 0:
             return _EMPTY
-        ordered = self._ordered().astype(np.float64)
-        mean = float(ordered.mean())
-        deviation = ordered - mean
-        stddev = math.sqrt(float(np.dot(deviation, deviation)) / len(ordered))
-        ordered.sort()
+        window = self._ordered()
+        n = len(window)
+        # Mean and deviation as numpy's mean and std compute them (pairwise sums over
+        # the samples in window order), so they agree bit for bit.
+        wide = window.astype(np.float64)
+        mean = float(np.add.reduce(wide)) / n
+        np.subtract(wide, mean, out=wide)
+        np.multiply(wide, wide, out=wide)
+        stddev = math.sqrt(float(np.add.reduce(wide)) / n)
+        # float32 sorts faster and in the same order; only the picked values are widened.
+        window.sort()
+        indices, gammas = _summary_picks(n)
+        picked: list[float] = window[indices].tolist()
         return WindowStats(
-            count=len(ordered),
+            count=n,
             mean=mean,
-            min=float(ordered[0]),
-            max=float(ordered[-1]),
+            min=picked[0],
+            max=picked[1],
             stddev=stddev,
-            p50=percentile_of_sorted(ordered, 50),
-            p90=percentile_of_sorted(ordered, 90),
-            p95=percentile_of_sorted(ordered, 95),
-            p99=percentile_of_sorted(ordered, 99),
+            p50=_lerp(picked[2], picked[3], gammas[0]),
+            p90=_lerp(picked[4], picked[5], gammas[1]),
+            p95=_lerp(picked[6], picked[7], gammas[2]),
+            p99=_lerp(picked[8], picked[9], gammas[3]),
             last=self.latest(),
         )
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from .errors import UsageError
 from .metrics import METRICS, MetricSpec, spec_for_ingest_key
 from .monitor import GeometricSpeculationMonitor
@@ -117,10 +120,19 @@ def record_batch(
         if not values:
             continue
         if set(map(type, values)) <= _NUMBER_TYPES:
-            result.add(*monitor.record_batch(spec.name, values))
+            result.add(*monitor.record_batch(spec.name, _as_array(values)))
         else:
             result.add(*_record_mixed(monitor, spec, values))
     return result
+
+
+def _as_array(values: list[float]) -> npt.NDArray[np.float64] | list[float]:
+    # JSON numbers only: converted once here, so the monitor checks the array as a whole.
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        # An integer beyond float range: the monitor classifies it sample by sample.
+        return values
 
 
 def _record_mixed(

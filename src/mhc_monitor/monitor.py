@@ -75,12 +75,15 @@ class _Window(MetricsBuffer):
     __slots__ = (
         "_bounds",
         "_bucket_counts",
+        "_fold_at",
         "_folded",
+        "_generation",
         "_hist_sum",
         "_last_logged",
         "_lock",
         "_lower",
         "_rejected",
+        "_rejected_total",
         "_upper",
         "spec",
     )
@@ -95,20 +98,31 @@ class _Window(MetricsBuffer):
         self._bucket_counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self._hist_sum = 0.0
         self._folded = 0
+        # The push count at which unfolded samples would start being overwritten.
+        self._fold_at = capacity
+        # Bumped by a reset, so (generation, pushes) names one state of window and histogram.
+        self._generation = 0
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self._rejected_total = 0
         self._last_logged: dict[str, float] = {}
 
     def record(self, value: Any) -> None:
         """Validate and store one sample; drop and count it when invalid."""
         if value.__class__ is float and self._lower <= value <= self._upper:
-            with self._lock:
+            # acquire/release in try/finally: measurably cheaper than `with` on this path.
+            lock = self._lock
+            lock.acquire()
+            try:
                 pos = self._pos
                 self._data[pos] = value
                 pos += 1
                 self._pos = 0 if pos == self._capacity else pos
-                self._pushes += 1
-                if self._pushes - self._folded == self._capacity:
+                pushes = self._pushes + 1
+                self._pushes = pushes
+                if pushes == self._fold_at:
                     self._fold()
+            finally:
+                lock.release()
             return
         self._record_slow(value)
 
@@ -119,7 +133,7 @@ class _Window(MetricsBuffer):
             return
         with self._lock:
             self._append(v)
-            if self._pushes - self._folded == self._capacity:
+            if self._pushes == self._fold_at:
                 self._fold()
 
     def _classify(self, value: Any) -> tuple[str | None, float]:
@@ -142,23 +156,38 @@ class _Window(MetricsBuffer):
         return None, v
 
     def record_many(self, values: Any) -> tuple[int, dict[str, int]]:
-        """Validate and store a batch; returns (accepted, rejected by reason)."""
-        try:
-            arr = np.asarray(values, dtype=np.float64).ravel()
-        except (TypeError, ValueError, OverflowError):
-            # A batch numpy cannot convert as a whole still gets per-sample validation.
-            accepted = 0
-            rejected: dict[str, int] = {}
-            for item in values:
-                reason, v = self._classify(item)
-                if reason is None:
-                    self.record(v)
-                    accepted += 1
-                else:
-                    rejected[reason] = rejected.get(reason, 0) + 1
-                    self._reject(reason, 1, item)
-            return accepted, rejected
+        """Validate and store a batch; returns (accepted, rejected by reason).
+
+        Exactly the validation of `record`, sample by sample: a numeric array or
+        a list of Python floats and ints is checked as a whole with numpy; anything
+        else (bools, strings, None, objects) goes through the per-sample path, so
+        a string or a bool is `invalid_type` here too, never converted.
+        """
+        numeric = (
+            values.dtype.kind in "fiu"
+            if isinstance(values, np.ndarray)
+            else isinstance(values, list | tuple) and set(map(type, values)) <= _PLAIN_NUMBERS
+        )
+        arr = _as_float64(values) if numeric else None
+        if arr is None:
+            return self._record_each(values)
         return self._record_array(arr)
+
+    def _record_each(self, values: Any) -> tuple[int, dict[str, int]]:
+        accepted = 0
+        rejected: dict[str, int] = {}
+        for item in np.ravel(values) if isinstance(values, np.ndarray) else values:
+            reason, v = self._classify(item)
+            if reason is None:
+                with self._lock:
+                    self._append(v)
+                    if self._pushes == self._fold_at:
+                        self._fold()
+                accepted += 1
+            else:
+                rejected[reason] = rejected.get(reason, 0) + 1
+                self._reject(reason, 1, item)
+        return accepted, rejected
 
     def _record_array(self, arr: npt.NDArray[np.float64]) -> tuple[int, dict[str, int]]:
         nan = np.isnan(arr)
@@ -192,6 +221,7 @@ class _Window(MetricsBuffer):
             self._fold_values(arr[: n - cap].astype(np.float32))
             self._pushes += n - cap
             self._folded = self._pushes
+            self._fold_at = self._folded + cap
             arr = arr[n - cap :]
             n = cap
         ring = np.frombuffer(self._data, dtype=np.float32)
@@ -201,7 +231,7 @@ class _Window(MetricsBuffer):
             ring[: n - head] = arr[head:]
         self._pos = (self._pos + n) % cap
         self._pushes += n
-        if self._pushes - self._folded == cap:
+        if self._pushes == self._fold_at:
             self._fold()
 
     def _fold(self) -> None:
@@ -217,6 +247,7 @@ class _Window(MetricsBuffer):
             chunk = np.concatenate((ring[start:], ring[: self._pos]))
         self._fold_values(chunk)
         self._folded = self._pushes
+        self._fold_at = self._pushes + self._capacity
 
     def _fold_values(self, chunk: npt.NDArray[np.float32]) -> None:
         wide = chunk.astype(np.float64)
@@ -227,6 +258,7 @@ class _Window(MetricsBuffer):
     def _reject(self, reason: str, n: int, value: Any) -> None:
         with self._lock:
             self._rejected[reason] += n
+            self._rejected_total += n
             now = time.monotonic()
             last = self._last_logged.get(reason)
             should_log = last is None or now - last >= _LOG_EVERY_S
@@ -269,11 +301,41 @@ class _Window(MetricsBuffer):
         with self._lock:
             return dict(self._rejected)
 
+    def exposition_state(self) -> tuple[tuple[int, int], WindowStats, list[int], float]:
+        """(state key, window statistics, cumulative bucket counts ending with +Inf, sum).
+
+        One lock acquisition; the key changes whenever the window or the histogram
+        does, so a caller can keep what it derived from an unchanged state.
+        """
+        with self._lock:
+            self._fold()
+            key = (self._generation, self._pushes)
+            stats = self.stats()
+            counts = self._bucket_counts.copy()
+            total_sum = self._hist_sum
+        cumulative: list[int] = np.cumsum(counts).tolist()
+        return key, stats, cumulative, total_sum
+
+    def histogram_bounds(self) -> list[float]:
+        """The histogram's upper bounds in recorded units, without +Inf."""
+        bounds: list[float] = self._bounds.tolist()
+        return bounds
+
+    def state_key(self) -> tuple[int, int]:
+        """Changes whenever the window or the histogram changes (read without the lock)."""
+        return self._generation, self._pushes
+
+    def rejected_key(self) -> int:
+        """Changes whenever a sample is dropped."""
+        return self._rejected_total
+
     def reset_window(self) -> None:
         with self._lock:
             self._fold()
             self.clear()
             self._folded = 0
+            self._fold_at = self._capacity
+            self._generation += 1
 
 
 @dataclass(frozen=True)
@@ -326,6 +388,19 @@ class MonitorSummary:
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
             "rejected_total": sum(sum(m.rejected.values()) for m in self.metrics.values()),
         }
+
+
+# Element types a list batch may hold to be converted by numpy as a whole: numpy would
+# also convert bools, strings and None, which the single calls reject.
+_PLAIN_NUMBERS: frozenset[type] = frozenset({float, int, np.float64, np.float32, np.int64})
+
+
+def _as_float64(values: Any) -> npt.NDArray[np.float64] | None:
+    """A flat float64 copy of a numeric batch, or None when numpy cannot convert it."""
+    try:
+        return np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _json_float(value: float) -> float | None:
@@ -405,6 +480,24 @@ class GeometricSpeculationMonitor:
         self._latency = w[MetricName.LATENCY].record
         self._stability = w[MetricName.STABILITY].record
         self._sinkhorn = w[MetricName.SINKHORN_ITERATIONS]
+        self._summaries: dict[MetricName, tuple[tuple[object, ...], MetricSummary]] = {}
+        self._bind_hot_path()
+
+    def _bind_hot_path(self) -> None:
+        # An instance attribute shadows the method: `monitor.record_latency(x)` then
+        # calls the window directly, saving a Python frame per sample. Same
+        # behaviour; skipped for a subclass that overrides a record call.
+        cls = type(self)
+        base = GeometricSpeculationMonitor
+        for name, bound in (
+            ("record_acceptance", self._acceptance),
+            ("record_curvature", self._curvature),
+            ("record_energy", self._energy),
+            ("record_latency", self._latency),
+            ("record_stability", self._stability),
+        ):
+            if getattr(cls, name) is getattr(base, name):
+                self.__dict__[name] = bound
 
     def record_acceptance(self, rate: float) -> None:
         """Record a draft acceptance rate in [0, 1] (accepted / drafted tokens of a step)."""
@@ -479,9 +572,13 @@ class GeometricSpeculationMonitor:
 
     def evaluate(self, metric: str) -> tuple[AlertLevel, float, float | None]:
         """(level, evaluated value, threshold crossed) of one metric now."""
-        stats = self.window_stats(metric)
-        statistic = self.config.statistic(metric)
-        value = stats.get(statistic)
+        return self.evaluate_stats(metric, self.window_stats(metric))
+
+    def evaluate_stats(
+        self, metric: str, stats: WindowStats
+    ) -> tuple[AlertLevel, float, float | None]:
+        """(level, evaluated value, threshold crossed) of one metric for given window stats."""
+        value = stats.get(self.config.statistic(metric))
         level, threshold = self.config.evaluate(metric, value)
         return level, value, threshold
 
@@ -516,26 +613,7 @@ class GeometricSpeculationMonitor:
 
     def get_summary(self) -> MonitorSummary:
         """Every metric's window statistics, evaluated value and level, and the drops."""
-        metrics = {}
-        for spec in METRICS:
-            w = self._windows[spec.name]
-            with w._lock:
-                stats = w.stats()
-                total = int(w._bucket_counts.sum()) + (w._pushes - w._folded)
-                rejected = dict(w._rejected)
-            statistic = self.config.statistic(spec.name)
-            value = stats.get(statistic)
-            level, threshold = self.config.evaluate(spec.name, value)
-            metrics[spec.name.value] = MetricSummary(
-                metric=spec.name,
-                stats=stats,
-                statistic=statistic,
-                value=value,
-                level=level,
-                threshold=threshold,
-                total=total,
-                rejected=MappingProxyType(rejected),
-            )
+        metrics = {spec.name.value: self._metric_summary(spec) for spec in METRICS}
         level = max(m.level for m in metrics.values())
         return MonitorSummary(
             labels=self.labels,
@@ -543,6 +621,34 @@ class GeometricSpeculationMonitor:
             metrics=MappingProxyType(metrics),
             timestamp=datetime.now(UTC),
         )
+
+    def _metric_summary(self, spec: MetricSpec) -> MetricSummary:
+        # Rebuilt only when the window, its histogram, its drops or the config changed.
+        w = self._windows[spec.name]
+        config = self.config
+        with w._lock:
+            key = (w._generation, w._pushes, w._rejected_total, config)
+            cached = self._summaries.get(spec.name)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            stats = w.stats()
+            total = int(w._bucket_counts.sum()) + (w._pushes - w._folded)
+            rejected = dict(w._rejected)
+        statistic = config.statistic(spec.name)
+        value = stats.get(statistic)
+        level, threshold = config.evaluate(spec.name, value)
+        summary = MetricSummary(
+            metric=spec.name,
+            stats=stats,
+            statistic=statistic,
+            value=value,
+            level=level,
+            threshold=threshold,
+            total=total,
+            rejected=MappingProxyType(rejected),
+        )
+        self._summaries[spec.name] = (key, summary)
+        return summary
 
     def reset(self) -> None:
         """Empty every window. Cumulative histograms and drop counters keep counting."""

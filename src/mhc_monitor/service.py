@@ -76,16 +76,24 @@ class _Sidecar:
         self._token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
         self.started = time.time()
+        self.collector = MonitorCollector(monitor)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(MonitorCollector(monitor))
+        self.registry.register(self.collector)
+        # /metrics renders the monitor directly and the other collectors through this one.
+        self._others = CollectorRegistry(auto_describe=False)
         if alerting is not None:
-            self.registry.register(alerting.collector())
+            delivery = alerting.collector()
+            self.registry.register(delivery)
+            self._others.register(delivery)
         self.batches = 0
         self.accepted = 0
 
     async def metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(self.registry), media_type=content_type)
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        # The same bytes as encoder(self.registry); unchanged windows are not re-rendered.
+        body = self.collector.render(openmetrics=openmetrics).encode("utf-8")
+        return Response(body + encoder(self._others), media_type=content_type)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse(
