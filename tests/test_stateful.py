@@ -54,7 +54,7 @@ MAX_WINDOW = 64
 PERCENTILES = (0.0, 0.5, 1.0, 25.0, 50.0, 90.0, 95.0, 99.0, 99.9, 100.0)
 
 # Steps (rules run) per machine; the long mode totals over 100 000 and checks that it did.
-EXAMPLES = {"buffer": 650, "monitor": 560} if LONG else {"buffer": 40, "monitor": 40}
+EXAMPLES = {"buffer": 650, "monitor": 620} if LONG else {"buffer": 40, "monitor": 40}
 STEPS_PER_EXAMPLE = 100 if LONG else 30
 MIN_STEPS = 50_000 if LONG else 600
 STEPS: Counter[str] = Counter()
