@@ -4,11 +4,12 @@ a real Alertmanager.
 Three `mhc-monitor serve` processes with their own `instance` label each get a
 steady, healthy workload. `mhc-monitor export` writes the bundle, with short
 intervals and a webhook receiver on loopback; Prometheus and Alertmanager start
-from its files as they are. One replica degrades: only its alert reaches the
-receiver, at the PagerDuty-style severity, the milder level inhibited; it
-recovers and the resolve arrives. Every dashboard query, with Grafana's
-variables filled in, returns data from that Prometheus, and so does every
-recording rule. Last, one sidecar stops and the sidecar-down alert arrives.
+from its files as they are. One replica degrades to the critical, then the
+emergency level: only its alerts reach the receiver, at PagerDuty's severities,
+the milder levels inhibited; it recovers and the resolves arrive. Every
+dashboard query, with Grafana's variables filled in, returns data from that
+Prometheus, and so does every recording rule. Last, one sidecar stops and the
+sidecar-down alert arrives.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DEGRADED = "replica-b"
 STOPPED = "replica-c"
 CRITICAL = "MhcAcceptanceCritical"
 WARNING = "MhcAcceptanceWarning"
+EMERGENCY = "MhcAcceptanceEmergency"
 
 
 @dataclass
@@ -208,13 +210,11 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
 
     # The warning of the same replica fires in Prometheus too, and Alertmanager holds
     # it back: inhibited by the critical alert, never sent.
-    suppressed = wait_until(
-        lambda: _alertmanager_alert(fleet.alertmanager, WARNING, DEGRADED),
+    wait_until(
+        lambda: _suppressed(fleet.alertmanager, WARNING, DEGRADED),
         timeout=15,
-        what="the warning alert in Alertmanager",
+        what="the warning alert inhibited in Alertmanager",
     )
-    assert suppressed["status"]["state"] == "suppressed"
-    assert suppressed["status"]["inhibitedBy"]
     annotations = prom.query('ALERTS{alertname=~"Mhc.*", alertstate="firing"}')
     assert {(a["metric"]["alertname"], a["metric"]["instance"]) for a in annotations} == {
         (CRITICAL, DEGRADED),
@@ -225,21 +225,44 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     level = prom.query(f'mhc_alert_level{{instance="{DEGRADED}", metric="acceptance"}}')
     assert [sample["value"][1] for sample in level] == ["2"]
 
-    # Recovered: the resolve of the critical alert arrives.
-    fleet.workloads[DEGRADED].acceptance = 0.86
-    resolved = wait_until(
-        lambda: _notified(fleet.receiver, "resolved"),
+    # Worse: the emergency level pages at PagerDuty's "critical" and silences the
+    # two milder levels.
+    fleet.workloads[DEGRADED].acceptance = 0.2
+    emergency = wait_until(
+        lambda: _notified(fleet.receiver, "firing", EMERGENCY),
         timeout=30,
-        what="the resolve at the webhook",
+        what="the emergency alert at the webhook",
     )
-    assert resolved["labels"]["alertname"] == CRITICAL
-    assert resolved["labels"]["instance"] == DEGRADED
-    assert resolved["endsAt"] > resolved["startsAt"]
+    assert emergency["labels"]["severity"] == "critical"
+    assert emergency["labels"]["level"] == "emergency"
+    assert emergency["labels"]["instance"] == DEGRADED
+    for milder in (WARNING, CRITICAL):
+        wait_until(
+            lambda name=milder: _suppressed(fleet.alertmanager, name, DEGRADED),
+            timeout=15,
+            what=f"{milder} inhibited",
+        )
+
+    # Recovered: the resolves arrive, for each level that was notified.
+    fleet.workloads[DEGRADED].acceptance = 0.86
+    for name in (EMERGENCY, CRITICAL):
+        resolved = wait_until(
+            lambda name=name: _notified(fleet.receiver, "resolved", name),
+            timeout=30,
+            what=f"the resolve of {name} at the webhook",
+        )
+        assert resolved["labels"]["instance"] == DEGRADED
+        assert resolved["endsAt"] > resolved["startsAt"]
     # A couple more group intervals: nothing else turns up.
     time.sleep(3)
     received = fleet.receiver.alerts()
     sent = [(alert["status"], alert["labels"]["alertname"]) for _, alert in received]
-    assert sorted(set(sent)) == [("firing", CRITICAL), ("resolved", CRITICAL)], sent
+    assert sorted(set(sent)) == [
+        ("firing", CRITICAL),
+        ("firing", EMERGENCY),
+        ("resolved", CRITICAL),
+        ("resolved", EMERGENCY),
+    ], sent
     assert {alert["labels"]["instance"] for _, alert in received} == {DEGRADED}
     assert {name for name, _ in received} == {"mhc-webhook"}
 
@@ -287,10 +310,15 @@ def _notified(
     return None
 
 
-def _alertmanager_alert(am: Alertmanager, alertname: str, instance: str) -> Any:
+def _suppressed(am: Alertmanager, alertname: str, instance: str) -> bool:
+    """Whether Alertmanager holds the alert, inhibited by another one."""
     params = {"filter": [f'alertname="{alertname}"', f'instance="{instance}"']}
     alerts = httpx.get(f"{am.url}/api/v2/alerts", params=params, timeout=5).json()
-    return alerts[0] if alerts else None
+    return (
+        len(alerts) == 1
+        and alerts[0]["status"]["state"] == "suppressed"
+        and bool(alerts[0]["status"]["inhibitedBy"])
+    )
 
 
 # --- the dashboard against the live Prometheus -----------------------------------------------
