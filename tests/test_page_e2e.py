@@ -312,6 +312,8 @@ def test_outside_text_renders_as_text(browser: Browser) -> None:
     for _ in range(50):
         monitor.record_acceptance(0.4)
         monitor.record_latency(12.0)
+    monitor.record_acceptance(float("nan"))
+    monitor.record_many("latency", [-1.0, -2.0, 5.0])
     with running(create_app(monitor, alerting=HostileAlerts())) as url:
         browser.page.goto(url + "/", wait_until="load", timeout=30_000)
         browser.wait(ACTIVE_ROW, arg="acceptance", timeout=10)
@@ -325,7 +327,10 @@ def test_outside_text_renders_as_text(browser: Browser) -> None:
         assert f"<b>{SCRIPT}</b> trigger: failed, 3 attempts" in browser.page.inner_text(
             "#history"
         )
-        assert f"<u>{SCRIPT}</u>" in browser.page.inner_text("#receivers")
+        receiver = browser.page.inner_text("#receivers tbody tr")
+        assert receiver.split("\t")[:4] == [f"<u>{SCRIPT}</u>", "slack", "2", "30 s"]
+        rejected = browser.page.locator("#rejected tbody tr").all_inner_texts()
+        assert rejected == ["acceptance\tnan\t1", "latency\tout_of_range\t2"]
         assert "1 min 15 s" in browser.page.inner_text("#active")
         labels = browser.page.locator("#labels li").all_inner_texts()
         assert labels == [f"model={SCRIPT}", "team=<b>ml</b>"]

@@ -108,13 +108,14 @@ class SeriesSampler:
         monitor: GeometricSpeculationMonitor,
         *,
         interval: float = 1.0,
-        keep: int = 300,
-        per_tick: int = 6,
+        keep: int = 240,
+        per_tick: int = 4,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.monitor = monitor
         self.interval = interval
         self.per_tick = per_tick
+        self.keep = keep
         self._clock = clock
         self._lock = threading.Lock()
         self._ring: deque[_Tick] = deque(maxlen=keep)
@@ -226,6 +227,7 @@ class SeriesSampler:
         return {
             "seq": seq,
             "interval_seconds": self.interval,
+            "keep_seconds": self.keep * self.interval,
             "now": round(self._clock(), 3),
             "started": round(self.monitor.started, 3),
             "samples_per_second": round(rate, 1),

@@ -9,7 +9,6 @@
   const POLL_MS = 1000;
   const TIMEOUT_MS = 5000;
   const STALE_MS = 4000;
-  const KEEP_MS = 300 * 1000;
   const HISTORY_SHOWN = 25;
   const BAND_LEVELS = ["warning", "critical", "emergency"];
   const LEVEL_TEXT = {
@@ -160,19 +159,19 @@
   }
 
   async function poll() {
-    let data = null;
-    try {
-      data = await Promise.all([
-        getJSON("v1/series?after=" + state.after),
-        getJSON("v1/summary"),
-        getJSON("v1/alerts"),
-      ]);
-    } catch (err) {
-      showStatus(err);
-    }
-    if (data !== null) {
+    const [series, summary, alerts] = await Promise.allSettled([
+      getJSON("v1/series?after=" + state.after),
+      getJSON("v1/summary"),
+      getJSON("v1/alerts"),
+    ]);
+    if (series.status === "rejected" || summary.status === "rejected") {
+      showStatus(series.reason || summary.reason);
+    } else {
+      // Alerts that cannot be read leave the charts and levels live.
+      const view =
+        alerts.status === "fulfilled" ? alerts.value : { error: String(alerts.reason.message) };
       try {
-        update(...data);
+        update(series.value, summary.value, view);
       } catch (err) {
         console.error("mhc-monitor page: could not draw the update", err);
       }
@@ -212,7 +211,7 @@
   }
 
   function merge(view) {
-    const cutoff = view.now * 1000 - KEEP_MS;
+    const cutoff = (view.now - view.keep_seconds) * 1000;
     for (const name of Object.keys(view.metrics)) {
       const s = state.series[name] || (state.series[name] = { t: [], v: [], st: [], sv: [] });
       for (const tick of view.ticks) {
@@ -245,7 +244,8 @@
   function render() {
     renderHeader();
     renderLevels();
-    if (state.chartsDirty) {
+    // A hidden tab skips the charts (the costly part) and draws them when shown again.
+    if (state.chartsDirty && !document.hidden) {
       for (const name of Object.keys(state.charts)) renderChart(name);
       state.chartsDirty = false;
     }
@@ -326,7 +326,7 @@
 
     const now = state.view.now * 1000;
     const first = Math.min(s.t.length ? s.t[0] : now, s.st.length ? s.st[0] : now);
-    const x0 = Math.max(first, now - KEEP_MS);
+    const x0 = Math.max(first, now - state.view.keep_seconds * 1000);
     const y = yRange(meta, s);
     const unit = meta.unit ? " " + meta.unit : "";
     const traces = [
@@ -502,7 +502,11 @@
 
   function renderActive() {
     const root = document.getElementById("active");
-    const active = (state.alerts && state.alerts.active) || [];
+    if (state.alerts.error) {
+      replace(root, el("p", "empty", "Alerts are unavailable: " + state.alerts.error));
+      return;
+    }
+    const active = state.alerts.active || [];
     if (!active.length) {
       replace(root, el("p", "empty", "No active alerts: every metric is within its thresholds."));
       return;
@@ -534,7 +538,11 @@
 
   function renderHistory() {
     const root = document.getElementById("history");
-    const alerts = state.alerts || {};
+    const alerts = state.alerts;
+    if (alerts.error) {
+      replace(root, el("p", "empty", "History is unavailable: " + alerts.error));
+      return;
+    }
     const history = alerts.history || [];
     if (!history.length) {
       const text = alerts.receivers
@@ -588,7 +596,11 @@
 
   function renderReceivers() {
     const root = document.getElementById("receivers");
-    const receivers = state.alerts && state.alerts.receivers;
+    const receivers = state.alerts.receivers;
+    if (state.alerts.error) {
+      replace(root, el("p", "empty", "Receivers are unavailable: " + state.alerts.error));
+      return;
+    }
     if (!receivers) {
       replace(root, el("p", "empty", "Alert delivery is not configured on this sidecar."));
       return;
@@ -631,6 +643,9 @@
       : "○ cannot reach the sidecar, retrying";
   }
 
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state.view !== null && state.chartsDirty) render();
+  });
   loadVersion();
   poll();
 })();
