@@ -343,3 +343,40 @@ def test_outside_text_renders_as_text(browser: Browser) -> None:
         time.sleep(1.5)
     assert browser.dialogs == []
     assert browser.errors == []
+
+
+class BrokenAlerts(HostileAlerts):
+    """An alert source whose view fails, as a store that cannot be read would."""
+
+    def alerts_view(self) -> dict[str, Any]:
+        raise RuntimeError("the alert store cannot be read")
+
+
+def test_alerts_that_cannot_be_read_leave_the_page_live(browser: Browser) -> None:
+    monitor = GeometricSpeculationMonitor()
+    monitor.record_acceptance(0.9)
+    with running(create_app(monitor, alerting=BrokenAlerts())) as url:
+        browser.page.goto(url + "/", wait_until="load", timeout=30_000)
+        browser.wait(
+            "() => document.getElementById('active').textContent.includes('unavailable')",
+            timeout=10,
+        )
+        assert browser.evaluate(BADGE, "acceptance")["level"] == "info"
+        assert "live" in browser.page.inner_text("#status")
+    # The browser logs the failed request itself; the page adds no error of its own.
+    assert [e for e in browser.errors if "500" not in e] == []
+
+
+def test_the_page_says_when_the_sidecar_stops_answering(browser: Browser) -> None:
+    monitor = GeometricSpeculationMonitor()
+    with running(create_app(monitor)) as url:
+        browser.page.goto(url + "/", wait_until="load", timeout=30_000)
+        browser.wait(
+            "() => document.getElementById('status').textContent.includes('live')", timeout=10
+        )
+    browser.wait(
+        "() => document.getElementById('status').textContent.includes('stale')", timeout=15
+    )
+    assert browser.page.inner_text("#status").startswith("○ stale: no answer for ")
+    assert browser.page.locator("#chart-acceptance").count() == 1
+    assert browser.dialogs == []

@@ -401,6 +401,8 @@
     const data = finite(s.v).concat(finite(s.sv));
     const th = thresholdValues(meta);
     if (meta.scale === "log") {
+      // TODO: a log axis cannot place a sample of exactly 0 (latency, energy): such dots
+      // are not drawn, though the statistic line still counts them.
       const positive = data.filter((v) => v > 0);
       let lo = positive.length ? Math.min(...positive) : th.length ? th[0] / 100 : 0.1;
       let hi = Math.max(lo * 10, ...positive, ...th);
