@@ -423,3 +423,23 @@ def test_reads_between_samples_never_lose_one_from_the_histogram() -> None:
     snap = monitor.histogram("latency")
     assert snap.count == 23
     assert snap.sum == sum(range(23))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    metric=st.sampled_from([spec.name.value for spec in METRICS]),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=False),
+        st.sampled_from([0.7, 0.5, 0.3, 50.0, 100.0, 500.0, -2.0, 2.0, 5.0, 0.9, 30.0]),
+        st.sampled_from([0.69999999, 50.000001, -5.0000001, 0.29999998]),
+    ),
+    statistic=st.sampled_from(["mean", "p99", "min", "last"]),
+)
+def test_the_monitors_evaluation_is_the_configs(metric: str, value: float, statistic: str) -> None:
+    config = AlertConfig(sinkhorn_iters_warning=30, statistics={metric: statistic})
+    monitor = GeometricSpeculationMonitor(config)
+    stats = MetricsBuffer(1).stats()
+    stats = type(stats)(1, *([value] * 9))
+    level, evaluated, threshold = monitor.evaluate_stats(metric, stats)
+    assert (level, threshold) == config.evaluate(metric, value)
+    assert evaluated == value or (math.isnan(evaluated) and math.isnan(value))

@@ -113,13 +113,15 @@ class MetricsBuffer:
     float32. Not thread-safe on its own: the monitor serialises access.
     """
 
-    __slots__ = ("_capacity", "_data", "_pos", "_pushes", "_stats", "_stats_at")
+    __slots__ = ("_capacity", "_data", "_pos", "_pushes", "_ring", "_stats", "_stats_at")
 
     def __init__(self, capacity: int = 1000) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise UsageError(f"capacity must be a positive integer, got {capacity!r}")
         self._capacity = capacity
         self._data = array("f", bytes(4 * capacity))
+        # A numpy view of the same memory (the array is never resized), made once.
+        self._ring = np.frombuffer(self._data, dtype=np.float32)
         self._pos = 0
         self._pushes = 0
         self._stats: WindowStats = _EMPTY
@@ -161,7 +163,7 @@ class MetricsBuffer:
         self._stats_at = 0
 
     def _ordered(self) -> npt.NDArray[np.float32]:
-        raw = np.frombuffer(self._data, dtype=np.float32)
+        raw = self._ring
         if self._pushes < self._capacity:
             return raw[: self._pos].copy()
         return np.concatenate((raw[self._pos :], raw[: self._pos]))
@@ -210,7 +212,7 @@ class MetricsBuffer:
             p90=_lerp(picked[4], picked[5], gammas[1]),
             p95=_lerp(picked[6], picked[7], gammas[2]),
             p99=_lerp(picked[8], picked[9], gammas[3]),
-            last=self.latest(),
+            last=self._data[self._pos - 1],
         )
 
     def mean(self) -> float:

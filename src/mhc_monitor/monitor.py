@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .alerts import Alert, AlertConfig, AlertLevel, describe_crossing, make_dedup_key
+from .alerts import (
+    Alert,
+    AlertConfig,
+    AlertLevel,
+    describe_crossing,
+    make_dedup_key,
+    to_float32,
+)
 from .buffer import MetricsBuffer, WindowStats
 from .errors import UsageError
 from .metrics import METRICS, Direction, MetricName, MetricSpec
@@ -78,6 +85,7 @@ class _Window(MetricsBuffer):
         "_fold_at",
         "_folded",
         "_generation",
+        "_hist_count",
         "_hist_sum",
         "_last_logged",
         "_lock",
@@ -97,6 +105,7 @@ class _Window(MetricsBuffer):
         self._bounds = np.asarray(bounds, dtype=np.float64)
         self._bucket_counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self._hist_sum = 0.0
+        self._hist_count = 0
         self._folded = 0
         # The push count at which unfolded samples would start being overwritten.
         self._fold_at = capacity
@@ -224,7 +233,7 @@ class _Window(MetricsBuffer):
             self._fold_at = self._folded + cap
             arr = arr[n - cap :]
             n = cap
-        ring = np.frombuffer(self._data, dtype=np.float32)
+        ring = self._ring
         head = min(n, cap - self._pos)
         ring[self._pos : self._pos + head] = arr[:head]
         if head < n:
@@ -239,7 +248,7 @@ class _Window(MetricsBuffer):
         pending = self._pushes - self._folded
         if pending <= 0:
             return
-        ring = np.frombuffer(self._data, dtype=np.float32)
+        ring = self._ring
         start = self._pos - pending
         if start >= 0:
             chunk = ring[start : self._pos]
@@ -254,6 +263,7 @@ class _Window(MetricsBuffer):
         index = np.searchsorted(self._bounds, wide, side="left")
         self._bucket_counts += np.bincount(index, minlength=len(self._bucket_counts))
         self._hist_sum += float(wide.sum())
+        self._hist_count += len(wide)
 
     def _reject(self, reason: str, n: int, value: Any) -> None:
         with self._lock:
@@ -442,6 +452,40 @@ def histogram_bounds(spec: MetricSpec, config: AlertConfig) -> tuple[float, ...]
     return tuple(sorted(bounds))
 
 
+class _Evaluator:
+    """`AlertConfig.evaluate` for one metric, with the statistic and thresholds looked up once.
+
+    The same decision, step for step: NaN is INFO, curvature by magnitude, the
+    highest threshold the value is strictly beyond at float32 precision.
+    """
+
+    __slots__ = ("_lower_is_worse", "_magnitude", "_steps", "config", "statistic")
+
+    def __init__(self, config: AlertConfig, spec: MetricSpec) -> None:
+        self.config = config
+        self.statistic = config.statistic(spec.name)
+        self._magnitude = spec.direction is Direction.MAGNITUDE_IS_WORSE
+        self._lower_is_worse = spec.direction is Direction.LOWER_IS_WORSE
+        self._steps = tuple(
+            (level, threshold, to_float32(threshold))
+            for level, threshold in config.thresholds(spec.name)
+        )
+
+    def evaluate(self, stats: WindowStats) -> tuple[AlertLevel, float, float | None]:
+        """(level, evaluated value, threshold crossed or None) for a window's statistics."""
+        value: float = getattr(stats, self.statistic)
+        if math.isnan(value):
+            return AlertLevel.INFO, value, None
+        compared = abs(value) if self._magnitude else value
+        level, crossed = AlertLevel.INFO, None
+        lower_is_worse = self._lower_is_worse
+        for step, threshold, bound in self._steps:
+            # Strictly beyond, as `alerts._beyond`.
+            if (compared < bound) if lower_is_worse else (compared > bound):
+                level, crossed = step, threshold
+        return level, value, crossed
+
+
 class GeometricSpeculationMonitor:
     """Rolling windows, threshold evaluation and counters for the six metrics.
 
@@ -481,6 +525,7 @@ class GeometricSpeculationMonitor:
         self._stability = w[MetricName.STABILITY].record
         self._sinkhorn = w[MetricName.SINKHORN_ITERATIONS]
         self._summaries: dict[MetricName, tuple[tuple[object, ...], MetricSummary]] = {}
+        self._evaluators: dict[MetricName, _Evaluator] = {}
         self._bind_hot_path()
 
     def _bind_hot_path(self) -> None:
@@ -578,9 +623,14 @@ class GeometricSpeculationMonitor:
         self, metric: str, stats: WindowStats
     ) -> tuple[AlertLevel, float, float | None]:
         """(level, evaluated value, threshold crossed) of one metric for given window stats."""
-        value = stats.get(self.config.statistic(metric))
-        level, threshold = self.config.evaluate(metric, value)
-        return level, value, threshold
+        return self._evaluator(MetricName(metric)).evaluate(stats)
+
+    def _evaluator(self, name: MetricName) -> _Evaluator:
+        evaluator = self._evaluators.get(name)
+        if evaluator is None or evaluator.config is not self.config:
+            evaluator = _Evaluator(self.config, self._windows[name].spec)
+            self._evaluators[name] = evaluator
+        return evaluator
 
     def check_thresholds(self) -> AlertLevel:
         """The highest level over all metrics (INFO when nothing is beyond a threshold)."""
@@ -632,20 +682,16 @@ class GeometricSpeculationMonitor:
             if cached is not None and cached[0] == key:
                 return cached[1]
             stats = w.stats()
-            total = int(w._bucket_counts.sum()) + (w._pushes - w._folded)
-            rejected = dict(w._rejected)
-        statistic = config.statistic(spec.name)
-        value = stats.get(statistic)
-        level, threshold = config.evaluate(spec.name, value)
+            total = w._hist_count + (w._pushes - w._folded)
+            same_drops = cached is not None and cached[0][2] == key[2]
+            rejected = cached[1].rejected if cached is not None and same_drops else None
+            if rejected is None:
+                rejected = MappingProxyType(dict(w._rejected))
+        evaluator = self._evaluator(spec.name)
+        level, value, threshold = evaluator.evaluate(stats)
+        # Positional: measurably cheaper than keywords for a frozen dataclass.
         summary = MetricSummary(
-            metric=spec.name,
-            stats=stats,
-            statistic=statistic,
-            value=value,
-            level=level,
-            threshold=threshold,
-            total=total,
-            rejected=MappingProxyType(rejected),
+            spec.name, stats, evaluator.statistic, value, level, threshold, total, rejected
         )
         self._summaries[spec.name] = (key, summary)
         return summary
