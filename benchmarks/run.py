@@ -1,6 +1,6 @@
 """mhc-monitor benchmarks: each figure as a ratio against a reference run in the same process.
 
-    .venv/bin/python benchmarks/run.py            full run (about a minute)
+    .venv/bin/python benchmarks/run.py            full run (about 15 s on an idle machine)
     .venv/bin/python benchmarks/run.py --short    quick run for CI: checks it works, not timings
 
 Prints a table of figure, measured, reference, ratio and target. Timings are

@@ -352,6 +352,10 @@ def test_record_many_does_not_convert_strings_bools_or_none() -> None:
     accepted, rejected = monitor.record_batch("latency", ["1.5", True, None, 2.0, 3])
     assert (accepted, rejected) == (2, {"invalid_type": 3})
     assert monitor.window_values("latency") == [2.0, 3.0]
+    assert monitor.record_batch("latency", (v for v in (4.0, -1.0))) == (1, {"out_of_range": 1})
+    assert monitor.record_batch("latency", 5.0) == (1, {})
+    assert monitor.record_batch("latency", np.array([[6.0], [7.0]])) == (2, {})
+    assert monitor.window_values("latency") == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 
 
 def test_window_statistics_are_computed_once_per_change(monkeypatch: pytest.MonkeyPatch) -> None:

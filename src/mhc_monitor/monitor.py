@@ -172,11 +172,15 @@ class _Window(MetricsBuffer):
         else (bools, strings, None, objects) goes through the per-sample path, so
         a string or a bool is `invalid_type` here too, never converted.
         """
-        numeric = (
-            values.dtype.kind in "fiu"
-            if isinstance(values, np.ndarray)
-            else isinstance(values, list | tuple) and set(map(type, values)) <= _PLAIN_NUMBERS
-        )
+        if isinstance(values, np.ndarray):
+            numeric = values.dtype.kind in "fiu"
+        else:
+            if not isinstance(values, list | tuple):
+                try:
+                    values = list(values)
+                except TypeError:
+                    values = [values]  # a lone value is a batch of one
+            numeric = set(map(type, values)) <= _PLAIN_NUMBERS
         arr = _as_float64(values) if numeric else None
         if arr is None:
             return self._record_each(values)
