@@ -135,8 +135,8 @@ def run_demo(
     supervisor = threading.Thread(target=supervise, name="mhc-demo-summary", daemon=True)
     if echo is not None:
         echo(
-            f"mhc-monitor demo: sidecar on http://{server.host}:{server.port} "
-            "(/metrics, /v1/summary, /v1/alerts); Ctrl-C stops"
+            f"mhc-monitor demo: live page on http://{server.host}:{server.port}/ "
+            "(also /metrics, /v1/summary, /v1/alerts); Ctrl-C stops"
         )
     worker.start()
     supervisor.start()
