@@ -105,9 +105,14 @@ def _all_steps(document: dict[str, Any]) -> list[list[dict[str, Any]]]:
     ]
 
 
+@pytest.mark.parametrize("alertmanager_job", [None, "alertmanager"])
 @pytest.mark.parametrize("config", [None, CUSTOM], ids=["defaults", "custom"])
-def test_dashboard_validates_against_the_published_schema(config: AlertConfig | None) -> None:
-    document = json.loads(generate_dashboard("mhc fleet", config))
+def test_dashboard_validates_against_the_published_schema(
+    config: AlertConfig | None, alertmanager_job: str | None
+) -> None:
+    document = json.loads(
+        generate_dashboard("mhc fleet", config, alertmanager_job=alertmanager_job)
+    )
     jsonschema.validate(document, _schema())
     for steps in _all_steps(document):
         assert steps[0]["value"] is None

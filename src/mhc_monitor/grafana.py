@@ -433,7 +433,7 @@ def _notifications_panel(panel_id: int, grid: dashboard_models.GridPos) -> _Pane
 def _alertmanager_alerts_panel(
     job: str, panel_id: int, grid: dashboard_models.GridPos
 ) -> _PanelBuilder:
-    expr = f'sum by (state) (alertmanager_alerts{{job="{job}"}})'
+    expr = f"sum by (state) (alertmanager_alerts{{job={json.dumps(job)}}})"
     return (
         _new_panel(GrafanaPanelType.STAT)
         .id(panel_id)
@@ -453,7 +453,8 @@ def _alertmanager_notifications_panel(
     job: str, panel_id: int, grid: dashboard_models.GridPos
 ) -> _PanelBuilder:
     def rate(series: str) -> str:
-        return f'sum by (integration) (rate({series}{{job="{job}"}}[$__rate_interval]))'
+        selector = f"{{job={json.dumps(job)}}}"
+        return f"sum by (integration) (rate({series}{selector}[$__rate_interval]))"
 
     return (
         _new_panel(GrafanaPanelType.TIMESERIES)
