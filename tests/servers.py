@@ -34,8 +34,25 @@ def wait_until(check: Any, *, timeout: float, interval: float = 0.25, what: str)
     raise TimeoutError(f"{what} did not happen within {timeout} s (last error: {last_error})")
 
 
+class Budget:
+    """A deadline shared by the steps of a test, so that the whole test is bounded."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float) -> float:
+        """Seconds a step may take: `cap`, or what is left; raises once nothing is left."""
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"the test's budget of {self.seconds:g} s is spent")
+        return min(cap, remaining)
+
+
 class _Process:
     binary = ""
+    #: Seconds `start` waits for the process to be ready.
+    ready_timeout: float = 30
 
     def __init__(self, workdir: Path) -> None:
         path = shutil.which(self.binary)
@@ -50,7 +67,7 @@ class _Process:
     def _start(self, args: list[str]) -> None:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([self.path, *args], stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._ready, timeout=30, what=f"{self.binary} readiness")
+        wait_until(self._ready, timeout=self.ready_timeout, what=f"{self.binary} readiness")
 
     def _ready(self) -> bool:
         assert self.proc is not None
@@ -235,9 +252,9 @@ class Sidecar:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         return self
 
-    def wait_ready(self) -> Sidecar:
+    def wait_ready(self, timeout: float = 30) -> Sidecar:
         """Wait until `/healthz` answers; raises if the process exits first."""
-        wait_until(self._ready, timeout=30, what=f"the sidecar on {self.address}")
+        wait_until(self._ready, timeout=timeout, what=f"the sidecar on {self.address}")
         return self
 
     def _ready(self) -> bool:

@@ -33,10 +33,12 @@ import pytest
 import yaml
 
 from mhc_monitor.rules import SIDECAR_DOWN_ALERT
-from servers import Alertmanager, Prometheus, Sidecar, WebhookReceiver, wait_until
+from servers import Alertmanager, Budget, Prometheus, Sidecar, WebhookReceiver, wait_until
 
 pytestmark = pytest.mark.e2e
 
+#: Seconds the whole test may take, from the first sidecar to the last alert.
+BUDGET_S = 150
 WINDOW = 20
 #: Seconds between two workload batches; each batch refills a whole window.
 PACE_S = 0.2
@@ -100,6 +102,7 @@ class Workload:
 
 @dataclass
 class Fleet:
+    budget: Budget
     sidecars: dict[str, Sidecar]
     workloads: dict[str, Workload]
     bundle: Path
@@ -110,6 +113,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    budget = Budget(BUDGET_S)
     sidecars: dict[str, Sidecar] = {}
     workloads: dict[str, Workload] = {}
     prometheus = Prometheus(tmp_path)
@@ -120,15 +124,18 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                 labels = {"instance": instance, "model": model}
                 sidecars[instance] = Sidecar(tmp_path, labels, window=WINDOW).launch()
             for seed, (instance, sidecar) in enumerate(sidecars.items()):
-                workloads[instance] = Workload(sidecar.wait_ready().url, seed)
+                workloads[instance] = Workload(sidecar.wait_ready(budget.left(30)).url, seed)
             for workload in workloads.values():
                 workload.start()
 
             bundle = tmp_path / "bundle"
-            _export(bundle, [s.address for s in sidecars.values()], alertmanager, receiver)
+            targets = [sidecar.address for sidecar in sidecars.values()]
+            _export(bundle, targets, alertmanager, receiver, budget)
+            alertmanager.ready_timeout = budget.left(30)
             alertmanager.start(bundle / "alertmanager.yml")
+            prometheus.ready_timeout = budget.left(30)
             prometheus.start_with(bundle / "prometheus.yml")
-            yield Fleet(sidecars, workloads, bundle, prometheus, alertmanager, receiver)
+            yield Fleet(budget, sidecars, workloads, bundle, prometheus, alertmanager, receiver)
     finally:
         for workload in workloads.values():
             workload.halt()
@@ -142,7 +149,11 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 
 def _export(
-    bundle: Path, targets: list[str], alertmanager: Alertmanager, receiver: WebhookReceiver
+    bundle: Path,
+    targets: list[str],
+    alertmanager: Alertmanager,
+    receiver: WebhookReceiver,
+    budget: Budget,
 ) -> None:
     """`mhc-monitor export` with short intervals; Alertmanager's port is reserved already."""
     command = [sys.executable, "-m", "mhc_monitor", "export", str(bundle)]
@@ -158,7 +169,9 @@ def _export(
         "--repeat-interval=3600",
         "--down-for=1",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=budget.left(30), check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
     for tool, args in (
@@ -168,7 +181,12 @@ def _export(
         path = shutil.which(tool)
         assert path, f"{tool} is required"
         check = subprocess.run(
-            [path, *args], cwd=bundle, capture_output=True, text=True, timeout=60, check=False
+            [path, *args],
+            cwd=bundle,
+            capture_output=True,
+            text=True,
+            timeout=budget.left(30),
+            check=False,
         )
         assert check.returncode == 0, check.stdout + check.stderr
 
@@ -178,12 +196,14 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     started = time.monotonic()
 
     try:
-        wait_until(lambda: _all_up(prom), timeout=30, what="every target scraped")
+        wait_until(
+            lambda: _all_up(prom), timeout=fleet.budget.left(30), what="every target scraped"
+        )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; targets: {_targets(prom)}") from None
     wait_until(
         lambda: _rules_loaded(prom),
-        timeout=30,
+        timeout=fleet.budget.left(30),
         what="the bundle's rules loaded",
     )
 
@@ -196,7 +216,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     fleet.workloads[DEGRADED].acceptance = 0.4
     firing = wait_until(
         lambda: _notified(fleet.receiver, "firing"),
-        timeout=30,
+        timeout=fleet.budget.left(30),
         what="the critical alert at the webhook",
     )
     labels = firing["labels"]
@@ -212,7 +232,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     # it back: inhibited by the critical alert, never sent.
     wait_until(
         lambda: _suppressed(fleet.alertmanager, WARNING, DEGRADED),
-        timeout=15,
+        timeout=fleet.budget.left(15),
         what="the warning alert inhibited in Alertmanager",
     )
     annotations = prom.query('ALERTS{alertname=~"Mhc.*", alertstate="firing"}')
@@ -230,7 +250,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     fleet.workloads[DEGRADED].acceptance = 0.2
     emergency = wait_until(
         lambda: _notified(fleet.receiver, "firing", EMERGENCY),
-        timeout=30,
+        timeout=fleet.budget.left(30),
         what="the emergency alert at the webhook",
     )
     assert emergency["labels"]["severity"] == "critical"
@@ -239,7 +259,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     for milder in (WARNING, CRITICAL):
         wait_until(
             lambda name=milder: _suppressed(fleet.alertmanager, name, DEGRADED),
-            timeout=15,
+            timeout=fleet.budget.left(15),
             what=f"{milder} inhibited",
         )
 
@@ -248,7 +268,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     for name in (EMERGENCY, CRITICAL):
         resolved = wait_until(
             lambda name=name: _notified(fleet.receiver, "resolved", name),
-            timeout=30,
+            timeout=fleet.budget.left(30),
             what=f"the resolve of {name} at the webhook",
         )
         assert resolved["labels"]["instance"] == DEGRADED
@@ -271,7 +291,7 @@ def test_fleet_alerts_inhibition_resolve_and_dashboard(fleet: Fleet) -> None:
     fleet.sidecars[STOPPED].stop()
     down = wait_until(
         lambda: _notified(fleet.receiver, "firing", SIDECAR_DOWN_ALERT),
-        timeout=20,
+        timeout=fleet.budget.left(20),
         what="the sidecar-down alert at the webhook",
     )
     assert down["labels"]["instance"] == fleet.sidecars[STOPPED].address
@@ -348,7 +368,11 @@ def _assert_dashboard_has_data(fleet: Fleet) -> None:
         (title, _fill(expr, selection)) for selection in selections for title, expr in exprs
     ]
     # Rates need a few scrapes; after that every query must answer at once.
-    wait_until(lambda: not _empty(prom, queries), timeout=20, what="data in every panel")
+    wait_until(
+        lambda: not _empty(prom, queries),
+        timeout=fleet.budget.left(20),
+        what="data in every panel",
+    )
     assert _empty(prom, queries) == []
 
 
@@ -376,7 +400,7 @@ def _assert_recording_rules_have_data(fleet: Fleet) -> None:
     assert len(queries) >= 30
     wait_until(
         lambda: not _empty(fleet.prometheus, queries),
-        timeout=20,
+        timeout=fleet.budget.left(20),
         what="a value for every recording rule",
     )
 
