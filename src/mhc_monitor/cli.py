@@ -7,13 +7,14 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .config import INGEST_TOKEN_ENV
+from .config import INGEST_TOKEN_ENV, is_loopback_host
 from .errors import DeliveryError, MonitorError
 from .monitor import GeometricSpeculationMonitor
 from .service import DEFAULT_HOST, DEFAULT_PORT
@@ -26,7 +27,6 @@ __all__ = ["main"]
 
 logger = logging.getLogger("mhc_monitor.cli")
 
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 #: Seconds a stopping sidecar spends delivering queued notifications.
 _STOP_TIMEOUT_S = 3.0
 
@@ -97,7 +97,7 @@ class _Server:
 
 
 def _warn_if_exposed(host: str, token: str | None) -> None:
-    if host not in _LOOPBACK and not token:
+    if not is_loopback_host(host) and not token:
         click.echo(
             f"warning: listening on {host} without an ingestion token: anyone who can reach "
             "this address can send samples. Set MHC_INGEST_TOKEN or bind 127.0.0.1.",
@@ -210,13 +210,21 @@ def _start_alerting(alerting: Alerting) -> None:
 
 
 def _stop_alerting(alerting: Alerting, timeout: float = _STOP_TIMEOUT_S) -> None:
-    """Deliver what can be delivered within `timeout` s; the rest stays in the outbox."""
+    """Deliver what can be delivered within `timeout` s; the rest stays in the outbox.
+
+    A repeated SIGTERM (a supervisor asking again) does not cut a request in half:
+    the stop is bounded anyway. Ctrl-C still interrupts it.
+    """
+    previous = _on_sigterm(_already_stopping)
+    logger.info("stopping: delivering queued notifications for up to %g s", timeout)
     try:
         stopped = alerting.stop(timeout)
         queued = sum(r["queued"] for r in alerting.receivers_view()["receivers"].values())
     except KeyboardInterrupt:
         logger.warning("interrupted while stopping; undelivered notifications stay queued")
         return
+    finally:
+        _on_sigterm(previous)
     if queued:
         path = alerting.store.path
         if path == ":memory:":
@@ -229,6 +237,17 @@ def _stop_alerting(alerting: Alerting, timeout: float = _STOP_TIMEOUT_S) -> None
             )
     if stopped:
         alerting.store.close()
+
+
+def _already_stopping(sig: int, frame: Any) -> None:
+    logger.info("already stopping: delivering queued notifications for a few seconds")
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install a SIGTERM handler (main thread only); the one it replaced, or None."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _ingest_token(settings: Settings, token_env: str) -> str | None:

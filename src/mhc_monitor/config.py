@@ -48,6 +48,7 @@ go to the log. Secrets are held in `Secret`, whose repr and str are "***".
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -78,6 +79,7 @@ __all__ = [
     "ServiceSettings",
     "Settings",
     "check_config",
+    "is_loopback_host",
     "load_config",
     "send_test_alert",
 ]
@@ -89,7 +91,19 @@ SLACK_URL_ENV = "MHC_SLACK_WEBHOOK_URL"
 INGEST_TOKEN_ENV = "MHC_INGEST_TOKEN"
 RECEIVER_KINDS = ("pagerduty", "slack", "log")
 _DEFAULT_PORT = 9477
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` reaches this machine only: "localhost" or a loopback address.
+
+    127.0.0.0/8 and ::1 count; "0.0.0.0", "::" and any other name do not.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Secret:
@@ -796,7 +810,7 @@ def check_config(
                 f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
             )
     service = settings.service
-    if service.host not in _LOOPBACK_HOSTS and service.token is None:
+    if not is_loopback_host(service.host) and service.token is None:
         lines.append(
             f"warning: service.host {service.host} without an ingest token: anyone who can "
             f"reach it can send samples; set {INGEST_TOKEN_ENV} or service.token_file"

@@ -60,7 +60,7 @@ class Alerting:
     """Turns a monitor's evaluations into delivered notifications.
 
     `store_path` is the SQLite file (history and outbox; `MEMORY` keeps them in
-    memory only). Construction restores firing alerts from the store, so an
+    memory only) or an open `Store`. Construction restores firing alerts from the store, so an
     alert that cleared while the process was down is resolved; `start()` runs
     the evaluator and the dispatcher, and undelivered notifications of an
     earlier process are delivered first. `step()` evaluates once, on demand.
@@ -70,7 +70,7 @@ class Alerting:
         self,
         monitor: GeometricSpeculationMonitor,
         settings: AlertingSettings | None = None,
-        store_path: str | Path = MEMORY,
+        store_path: str | Path | Store = MEMORY,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -79,8 +79,9 @@ class Alerting:
         self.settings = settings or AlertingSettings()
         self._clock = clock
         self._store_errors = 0
+        self._store_failing: str | None = None
         self._errors_lock = threading.Lock()
-        self.store = Store(store_path)
+        self.store = store_path if isinstance(store_path, Store) else Store(store_path)
         self.receivers = self.settings.effective_receivers()
         timeout = self.settings.delivery.timeout_s
         self._notifiers = [build_notifier(r, timeout) for r in self.receivers]
@@ -96,6 +97,7 @@ class Alerting:
             clock=clock,
             rng=rng,
             on_store_error=self._store_error,
+            on_store_ok=self._store_ok,
         )
         self._unrecorded: list[Transition] = []
         # The level each firing alert was last logged at, to tell escalation from de-escalation.
@@ -126,10 +128,27 @@ class Alerting:
         self.lifecycle.restore(mine)
 
     def _store_error(self, exc: StoreError) -> None:
+        """Count a failed store operation; log it once until the failure changes or ends."""
+        message = str(exc)
         with self._errors_lock:
             self._store_errors += 1
-            first = self._store_errors == 1
-        logger.log(logging.ERROR if first else logging.DEBUG, "alert store failure: %s", exc)
+            repeated = self._store_failing == message
+            self._store_failing = message
+        if not repeated:
+            logger.error(
+                "alert store failure: %s; monitoring goes on, notifications wait in memory "
+                "until the store can be written",
+                message,
+            )
+
+    def _store_ok(self) -> None:
+        """A store write succeeded: log the end of a failure once."""
+        with self._errors_lock:
+            was_failing = self._store_failing is not None
+            self._store_failing = None
+            errors = self._store_errors
+        if was_failing:
+            logger.warning("alert store works again (%d failed operations in all)", errors)
 
     @property
     def store_errors(self) -> int:
@@ -172,12 +191,32 @@ class Alerting:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._record_unrecorded()
         stopped = self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         if stopped and (self._thread is None or not self._thread.is_alive()):
             for notifier in self._notifiers:
                 notifier.close()
             return True
         return False
+
+    def _record_unrecorded(self) -> None:
+        """One last try to store state changes a failing store refused; say if they are lost."""
+        with self._step_lock:
+            if not self._unrecorded:
+                return
+            try:
+                names = [r.name for r in self.receivers]
+                self.store.record(self._unrecorded, names, self.lifecycle.active())
+                self._unrecorded = []
+                self._store_ok()
+                self.dispatcher.wake()
+            except StoreError as exc:
+                self._store_error(exc)
+                logger.error(
+                    "%d alert state change(s) and their notifications are lost: "
+                    "the alert store cannot be written",
+                    len(self._unrecorded),
+                )
 
     def close(self, timeout: float = 5.0) -> None:
         """`stop(timeout)`, then close the store."""
@@ -224,7 +263,11 @@ class Alerting:
                     names = [r.name for r in self.receivers]
                     self.store.record(pending, names, self.lifecycle.active())
                     self._unrecorded = []
+                    self._store_ok()
                 except StoreError as exc:
+                    # TODO: while the store cannot be written, state changes and their
+                    # notifications wait here, in memory without a bound, and are not
+                    # delivered: a disk that stays full holds back every page until it is freed.
                     self._store_error(exc)
                     self._unrecorded = pending
                 self.dispatcher.wake()

@@ -4,7 +4,10 @@ Each receiver's notifications go out in the order they were written (a resolve
 never overtakes its trigger), paced by a token bucket, retried with
 exponential backoff and jitter on a retryable failure, never sooner than the
 receiver's Retry-After. A permanent failure is logged once, counted and not
-retried. Nothing on the path of `record_*` waits on any of this.
+retried. When the store refuses to record an attempt's outcome, the worker
+keeps it and sends nothing more until the store takes it, so a full disk does
+not turn into the same notification sent over and over. Nothing on the path
+of `record_*` waits on any of this.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 OUTCOMES: tuple[str, ...] = ("sent", "retried", "failed", "dropped")
 _IDLE_POLL_S = 1.0
 _STORE_RETRY_S = 1.0
+#: A store write kept to be retried, when the store refused it.
+_Write = Callable[[], None]
 
 
 class TokenBucket:
@@ -92,6 +97,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_store_error: Callable[[StoreError], None] | None = None,
+        on_store_ok: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -100,6 +106,7 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_store_error = on_store_error or (lambda exc: None)
+        self._on_store_ok = on_store_ok or (lambda: None)
         self._lock = threading.Lock()
         self._counts = {name: _Counts() for name in self._notifiers}
         self._wake = {name: threading.Event() for name in self._notifiers}
@@ -148,7 +155,18 @@ class Dispatcher:
         per_s = (rate.rate_per_minute if rate else 60.0) / 60.0
         bucket = TokenBucket(per_s, rate.burst if rate else 1, time.monotonic())
         wake = self._wake[name]
+        # The outcome of the last attempt when the store refused it. Until it is written,
+        # nothing else is sent: the item is still pending in the store and would go out again.
+        unsaved: _Write | None = None
         while True:
+            if unsaved is not None:
+                if not self._save(unsaved):
+                    # TODO: a notification delivered but not marked when the process stops
+                    # is sent again by the next one (at least once still holds).
+                    if self._stopping.wait(_STORE_RETRY_S):
+                        return
+                    continue
+                unsaved = None
             item = self._next(name)
             if item is None:
                 if self._stopping.is_set():
@@ -158,7 +176,7 @@ class Dispatcher:
                 continue
             now = self._clock()
             if now - item.created > self.settings.max_age_s:
-                self._finish(item, "dropped", "expired", now)
+                unsaved = self._finish(item, "dropped", "expired", now)
                 continue
             delay = max(item.next_attempt - now, bucket.wait_time(time.monotonic()))
             if delay > 0:
@@ -171,7 +189,7 @@ class Dispatcher:
                 return
             bucket.take(time.monotonic())
             result = notifier.send(item.alert, item.action)
-            self._settle(item, result)
+            unsaved = self._settle(item, result)
 
     def _next(self, name: str) -> OutboxItem | None:
         try:
@@ -181,36 +199,51 @@ class Dispatcher:
             self._stopping.wait(_STORE_RETRY_S)
             return None
 
-    def _settle(self, item: OutboxItem, result: AttemptResult) -> None:
+    def _save(self, write: _Write) -> bool:
+        """Write an attempt's outcome to the store; False (and counted) when the store refuses."""
+        try:
+            write()
+        except StoreError as exc:
+            self._on_store_error(exc)
+            return False
+        self._on_store_ok()
+        return True
+
+    def _settle(self, item: OutboxItem, result: AttemptResult) -> _Write | None:
+        """Count and log an attempt and store its outcome; the write the store refused, if any."""
         now = self._clock()
         if result.outcome == "delivered":
-            self._finish(item, "sent", None, now)
+            unsaved = self._finish(item, "sent", None, now)
             self._log_recovery(item.receiver)
-        elif result.outcome == "retryable":
+            return unsaved
+        if result.outcome == "retryable":
             delay = backoff_delay(item.attempts + 1, self.settings, result.retry_after, self._rng)
-            try:
-                self.store.mark_retry(item.id, result.reason, now + delay, now)
-            except StoreError as exc:
-                self._on_store_error(exc)
             self._count(item.receiver, "retried", result.reason)
             self._log_failure(item.receiver, result, f"retrying in {delay:.3g} s")
-        else:
-            self._finish(item, "failed", result.reason, now)
-            self._log_failure(item.receiver, result, "not retried")
 
-    def _finish(self, item: OutboxItem, outcome: str, reason: str | None, now: float) -> None:
-        try:
+            def retry() -> None:
+                self.store.mark_retry(item.id, result.reason, now + delay, now)
+
+            return None if self._save(retry) else retry
+        unsaved = self._finish(item, "failed", result.reason, now)
+        self._log_failure(item.receiver, result, "not retried")
+        return unsaved
+
+    def _finish(
+        self, item: OutboxItem, outcome: str, reason: str | None, now: float
+    ) -> _Write | None:
+        """Count a final outcome and store it; the write the store refused, if any."""
+        self._count(item.receiver, outcome, reason)
+
+        def finish() -> None:
             if outcome == "sent":
                 self.store.mark_delivered(item.id, now)
             elif outcome == "failed":
                 self.store.mark_failed(item.id, reason or "", now)
             else:
                 self.store.mark_dropped(item.id, reason or "", now)
-        except StoreError as exc:
-            # TODO: a notification delivered but not marked is sent again after a restart
-            # (at least once still holds); a store that keeps failing resends it here too.
-            self._on_store_error(exc)
-        self._count(item.receiver, outcome, reason)
+
+        return None if self._save(finish) else finish
 
     def _drop_unknown(self) -> None:
         try:

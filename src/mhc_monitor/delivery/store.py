@@ -210,7 +210,16 @@ class Store:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._abandon()
                 raise StoreError(f"alert store {self.path}: {exc}") from exc
+
+    def _abandon(self) -> None:
+        """Roll back a transaction a failed COMMIT left open (SQLite ends most itself)."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the connection is unusable; the next operation reports it
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
