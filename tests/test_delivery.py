@@ -322,6 +322,8 @@ def test_secrets_never_leak(
             "[delivery]\nbackoff_initial = 0.01\nbackoff_max = 0.02\n"
         )
         caplog.set_level(logging.DEBUG)
+        # The CLI turns httpx's request lines down; this test reads them, whatever ran before.
+        caplog.set_level(logging.DEBUG, logger="httpx")
         loaded = load_config(config)
         store = tmp_path / "alerts.sqlite3"
         slack.fail_next(2, status=503)
