@@ -235,7 +235,9 @@ class Sidecar:
         self.url = f"http://{self.address}"
         self.labels = labels
         self.window = window
+        self.workdir = workdir
         self.log = workdir / f"sidecar-{self.port}.log"
+        self.store = workdir / f"sidecar-{self.port}.sqlite3"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sidecar:
@@ -245,11 +247,14 @@ class Sidecar:
     def launch(self) -> Sidecar:
         """Launch the process without waiting, so that several can start at once."""
         command = [sys.executable, "-m", "mhc_monitor", "serve", "--port", str(self.port)]
-        command += ["--window", str(self.window)]
+        # Each sidecar keeps its own alert store in the test's folder.
+        command += ["--window", str(self.window), "--store", str(self.store)]
         for name, value in self.labels.items():
             command += ["--label", f"{name}={value}"]
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         return self
 
     def wait_ready(self, timeout: float = 30) -> Sidecar:

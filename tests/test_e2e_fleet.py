@@ -67,11 +67,10 @@ class Workload:
         self.thread.start()
 
     def halt(self) -> None:
-        """Stop sending and wait for the last request to finish."""
+        """Stop sending and wait (10 s at most) for the last request to finish."""
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
-            assert not self.thread.is_alive()
 
     def batch(self, rng: random.Random) -> dict[str, list[float]]:
         def around(centre: float, spread: float) -> list[float]:
@@ -144,6 +143,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         for sidecar in sidecars.values():
             sidecar.stop()
     for instance, workload in workloads.items():
+        assert workload.thread is not None and not workload.thread.is_alive(), instance
         assert workload.errors == [], (instance, workload.errors[:5])
         assert workload.batches > 10, (instance, workload.batches)
 
