@@ -202,17 +202,19 @@ class MetricsBuffer:
         window.sort()
         indices, gammas = _summary_picks(n)
         picked: list[float] = window[indices].tolist()
+        # Positional, in field order (count, mean, min, max, stddev, p50..p99, last):
+        # keywords cost a measurable share of a summary.
         return WindowStats(
-            count=n,
-            mean=mean,
-            min=picked[0],
-            max=picked[1],
-            stddev=stddev,
-            p50=_lerp(picked[2], picked[3], gammas[0]),
-            p90=_lerp(picked[4], picked[5], gammas[1]),
-            p95=_lerp(picked[6], picked[7], gammas[2]),
-            p99=_lerp(picked[8], picked[9], gammas[3]),
-            last=self._data[self._pos - 1],
+            n,
+            mean,
+            picked[0],
+            picked[1],
+            stddev,
+            _lerp(picked[2], picked[3], gammas[0]),
+            _lerp(picked[4], picked[5], gammas[1]),
+            _lerp(picked[6], picked[7], gammas[2]),
+            _lerp(picked[8], picked[9], gammas[3]),
+            self._data[self._pos - 1],
         )
 
     def mean(self) -> float:

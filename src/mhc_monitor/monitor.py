@@ -490,6 +490,12 @@ class _Evaluator:
         return level, value, crossed
 
 
+#: Each metric with its summary key, looked up once (an enum's `.value` is not free).
+_SUMMARY_KEYS: tuple[tuple[MetricSpec, str], ...] = tuple(
+    (spec, spec.name.value) for spec in METRICS
+)
+
+
 class GeometricSpeculationMonitor:
     """Rolling windows, threshold evaluation and counters for the six metrics.
 
@@ -667,8 +673,8 @@ class GeometricSpeculationMonitor:
 
     def get_summary(self) -> MonitorSummary:
         """Every metric's window statistics, evaluated value and level, and the drops."""
-        metrics = {spec.name.value: self._metric_summary(spec) for spec in METRICS}
-        level = max(m.level for m in metrics.values())
+        metrics = {key: self._metric_summary(spec) for spec, key in _SUMMARY_KEYS}
+        level = max([m.level for m in metrics.values()])
         return MonitorSummary(
             labels=self.labels,
             level=level,
