@@ -178,6 +178,7 @@ def test_export_command_passes_intervals_timings_and_the_config_lifecycle(tmp_pa
     arguments += ["--scrape-interval", "2", "--evaluation-interval", "1"]
     arguments += ["--group-wait", "1", "--group-interval", "2", "--repeat-interval", "60"]
     arguments += ["--webhook-url", "http://127.0.0.1:9/hook"]
+    arguments += ["--dashboards-path", "/var/lib/grafana/mhc"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
 
@@ -200,3 +201,5 @@ def test_export_command_passes_intervals_timings_and_the_config_lifecycle(tmp_pa
     assert {rule["keep_firing_for"] for rule in rules.values()} == {"10s"}
     datasource = _yaml(out / "grafana/provisioning/datasources/mhc.yml")["datasources"][0]
     assert datasource["jsonData"] == {"timeInterval": "2s"}
+    provider = _yaml(out / "grafana/provisioning/dashboards/mhc.yml")["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/mhc"

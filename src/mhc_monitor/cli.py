@@ -642,6 +642,10 @@ def alertmanager_config(
 @click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True)
 @click.option("--grafana-url", help="Grafana's address, for dashboard links in alerts.")
 @click.option(
+    "--dashboards-path",
+    help="Where Grafana will see dashboard.json (default: DIRECTORY, absolute).",
+)
+@click.option(
     "--scrape-interval",
     default=15.0,
     show_default=True,
@@ -677,6 +681,7 @@ def export(
     alertmanager: str,
     prometheus_url: str,
     grafana_url: str | None,
+    dashboards_path: str | None,
     scrape_interval: float,
     evaluation_interval: float | None,
     for_s: float | None,
@@ -701,6 +706,7 @@ def export(
             alertmanager_address=alertmanager,
             prometheus_url=prometheus_url,
             grafana_url=grafana_url,
+            dashboards_path=dashboards_path,
             scrape_interval_seconds=scrape_interval,
             evaluation_interval_seconds=evaluation_interval,
             **_rule_timing(settings, for_s, None),
