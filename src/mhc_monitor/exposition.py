@@ -17,7 +17,7 @@ and reused by every scrape until it changes again. `/metrics` serves `render`.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -195,7 +195,7 @@ class MonitorCollector(Collector):
 
 
 def _metric_family_pair(
-    spec: MetricSpec, names: Iterable[str]
+    spec: MetricSpec, names: Sequence[str]
 ) -> tuple[HistogramMetricFamily, GaugeMetricFamily]:
     unit = f" Unit: {spec.unit}." if spec.unit == "seconds" else ""
     hist = HistogramMetricFamily(
@@ -210,7 +210,7 @@ def _metric_family_pair(
 
 
 def _common_family_set(
-    names: Iterable[str],
+    names: Sequence[str],
 ) -> tuple[
     GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily
 ]:
