@@ -301,6 +301,45 @@ def test_a_delivery_the_store_cannot_mark_is_not_sent_again(
     ]
 
 
+def test_stopping_while_the_store_cannot_be_written_says_what_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="mhc_monitor")
+    store = FullDisk(tmp_path / "alerts.sqlite3")
+    alerting = Alerting(library_monitor(), AlertingSettings(delivery=FAST), store)
+    alerting.start()
+    store.full = True
+    alerting.monitor.record_latency(700.0)
+    alerting.step()
+    alerting.monitor.record_latency(5.0)
+    alerting.step()
+    assert alerting.stop(2)
+    store.full = False
+    assert store.counts() == {}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"alert store failure: alert store {store.path}: database or disk is full; "
+        "monitoring goes on, notifications wait in memory until the store can be written",
+        "2 alert state change(s) and their notifications are lost: "
+        "the alert store cannot be written",
+    ]
+
+
+def test_state_changes_the_store_refused_are_stored_and_sent_at_the_stop(tmp_path: Path) -> None:
+    store = FullDisk(tmp_path / "alerts.sqlite3")
+    alerting = Alerting(library_monitor(), AlertingSettings(delivery=FAST), store)
+    alerting.start()
+    store.full = True
+    alerting.monitor.record_latency(700.0)
+    alerting.step()
+    alerting.monitor.record_latency(5.0)
+    alerting.step()
+    store.full = False  # writable again, just before the stop
+    assert alerting.stop(2)
+    assert store.counts() == {"delivered": 2}
+    assert alerting.dispatcher.counts()["log"]["outcomes"]["sent"] == 2
+
+
 # -- receivers slower than the timeout -------------------------------------------------------
 
 #: How long the receivers hang in the stall test ("minutes", compressed; set more to soak).

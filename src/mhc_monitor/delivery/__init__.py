@@ -5,6 +5,11 @@
 An evaluator thread steps the lifecycle every `interval_s` on the real clock;
 one dispatcher thread per receiver drains the outbox. The monitor's hot path
 never waits on either.
+
+A store that cannot be written (a full disk, a read-only file system) stops
+nothing but delivery: evaluation, `/metrics` and the views go on, the failure
+is counted (`mhc_alert_store_errors_total`) and logged once until it changes or
+ends, state changes wait in memory, and delivery resumes once a write succeeds.
 """
 
 from __future__ import annotations
