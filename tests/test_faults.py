@@ -498,7 +498,7 @@ def test_receivers_slower_than_the_timeout_cost_no_memory_no_hot_path_time_and_n
         assert stalled_view[name]["failures"].get("timeout", 0) >= 10, stalled_view
         assert stalled_view[name]["queued"] >= 1
     assert library.dispatcher.counts()["pagerduty"]["failures"]["timeout"] >= 10
-    assert len(history) == 2 * incidents
+    assert len(history) == min(50, 2 * incidents)  # the view shows the latest 50
     for entry in history:
         assert sorted(n["status"] for n in entry["notifications"]) == ["delivered", "delivered"]
     # Memory: a bounded growth over the stall, not one per attempt.
