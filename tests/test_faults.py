@@ -1,9 +1,11 @@
 """Faults around alert delivery: a store that cannot be written, receivers that hang, SIGTERM.
 
-The store fault is real: the sidecar's file size limit (RLIMIT_FSIZE, set from
-outside with prlimit, as root or not) makes every write of SQLite fail in the
-kernel, as a full disk does. Its log is read from a pipe, which that limit does
-not touch. Receivers are the contract-enforcing loopback receivers of
+The store faults are real, and real for root too (tests run as root, where a
+chmod blocks nothing): a full disk is the sidecar's file size limit
+(RLIMIT_FSIZE, set from outside with prlimit) at one byte, so the kernel
+refuses every write of SQLite; a read-only store is its folder and files made
+immutable (`chattr +i`, which needs CAP_LINUX_IMMUTABLE and ext4 or xfs). The
+sidecar's log is read from a pipe, which neither touches. Receivers are the contract-enforcing loopback receivers of
 `receivers.py`; every wait is bounded by a deadline.
 """
 
@@ -18,8 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,19 +152,59 @@ def events(receiver: PagerDutyReceiver) -> list[tuple[str, str, str | None]]:
 _STORE_FAILURE = re.compile(r" ERROR mhc_monitor\.delivery: alert store failure: (.+?);")
 
 
+def chattr(flag: str, *paths: Path) -> None:
+    """Set or clear the immutable attribute (`+i`, `-i`): writes fail even for root."""
+    result = subprocess.run(
+        ["chattr", flag, *map(str, paths)], capture_output=True, text=True, timeout=10
+    )
+    if result.returncode != 0:
+        pytest.skip(f"chattr {flag} needs CAP_LINUX_IMMUTABLE on ext4/xfs: {result.stderr}")
+
+
+@contextmanager
+def store_fault(kind: str, pid: int, store: Path) -> Iterator[Callable[[], None]]:
+    """Make every write of the sidecar's store fail; yields the call that ends the fault.
+
+    "full": the kernel refuses writes past byte 1 of any file (RLIMIT_FSIZE), as a
+    full disk does. "read-only": the store's folder and files become immutable.
+    """
+    if kind == "full":
+        file_size_limit(pid, 1)
+        yield lambda: file_size_limit(pid, None)
+        return
+    # The -shm file stays writable: SQLite maps it into memory, and only file writes are
+    # what a read-only file system refuses first.
+    paths = [store.parent, store, store.with_name(store.name + "-wal")]
+    chattr("+i", *paths)
+    try:
+        yield lambda: chattr("-i", *paths)
+    finally:
+        # Whatever happened, leave nothing immutable behind (pytest removes tmp_path).
+        subprocess.run(
+            ["chattr", "-i", *(str(p) for p in paths if p.exists())],
+            capture_output=True,
+            timeout=10,
+        )
+
+
 @pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["full", "read-only"])
 def test_a_store_that_cannot_be_written_holds_delivery_back_and_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
-    with PagerDutyReceiver() as pagerduty:
-        config = serve_config(tmp_path, pagerduty.url, free_port())
+    folder = tmp_path / "store"
+    folder.mkdir()
+    with PagerDutyReceiver() as pagerduty, ExitStack() as faults:
+        config = serve_config(folder, pagerduty.url, free_port())
         with serve(config, cli_env(MHC_PAGERDUTY_ROUTING_KEY=KEY)) as sidecar:
             post(sidecar.base, {"acceptance": [0.6]})
             assert pagerduty.wait_for(lambda r: len(r.accepted()) == 1, timeout=10)
             assert sidecar.metric("mhc_alert_store_errors_total") == 0.0
 
-            # Every file write of the sidecar fails from here on: the disk is full.
-            file_size_limit(sidecar.proc.pid, 1)
+            # Every write to the store fails from here on.
+            lift = faults.enter_context(
+                store_fault(kind, sidecar.proc.pid, folder / "alerts.sqlite3")
+            )
             post(sidecar.base, {"latency_ms": [700.0]})
             post(sidecar.base, {"acceptance": [0.95]})
 
@@ -182,31 +224,32 @@ def test_a_store_that_cannot_be_written_holds_delivery_back_and_loses_nothing(
             assert sidecar.metric("mhc_energy_count") == 3.0
             failures_during = _STORE_FAILURE.findall(sidecar.log)
 
-            file_size_limit(sidecar.proc.pid, None)
+            lift()
             assert pagerduty.wait_for(lambda r: len(r.accepted()) == 3, timeout=10)
             wait_until(lambda: sidecar.queued() == {"pagerduty": 0}, timeout=10, what="no queue")
             history = sidecar.get("/v1/alerts").json()["history"]
             errors = sidecar.metric("mhc_alert_store_errors_total")
             code, took, log = sidecar.finish()
 
-        assert events(pagerduty) == [
-            (ACCEPTANCE_KEY, "trigger", "warning"),
-            (LATENCY_KEY, "trigger", "critical"),
-            (ACCEPTANCE_KEY, "resolve", None),
-        ]
+        # The two changes during the fault may share an evaluation: no order between them.
+        got = events(pagerduty)
+        assert got[0] == (ACCEPTANCE_KEY, "trigger", "warning")
+        assert sorted(got[1:], key=str) == sorted(
+            [(LATENCY_KEY, "trigger", "critical"), (ACCEPTANCE_KEY, "resolve", None)], key=str
+        )
         assert pagerduty.rejected() == []
-    assert [(h["metric"], h["event"]) for h in history] == [
+    assert sorted((h["metric"], h["event"]) for h in history) == [
         ("acceptance", "resolve"),
-        ("latency", "trigger"),
         ("acceptance", "trigger"),
+        ("latency", "trigger"),
     ]
     for entry in history:
         assert [(n["receiver"], n["status"]) for n in entry["notifications"]] == [
             ("pagerduty", "delivered")
         ]
-    path = tmp_path / "alerts.sqlite3"
+    path = folder / "alerts.sqlite3"
     # One line for the failure, however many operations failed, and one for its end. The
-    # kernel refuses a write at the limit (EIO to SQLite) or cuts it short (SQLITE_FULL).
+    # kernel refuses a write (EIO to SQLite) or cuts it short (SQLITE_FULL).
     assert len(failures_during) == 1, failures_during
     assert re.fullmatch(
         rf"alert store {re.escape(str(path))}: (disk I/O error|database or disk is full)",
