@@ -5,8 +5,9 @@ chmod blocks nothing): a full disk is the sidecar's file size limit
 (RLIMIT_FSIZE, set from outside with prlimit) at one byte, so the kernel
 refuses every write of SQLite; a read-only store is its folder and files made
 immutable (`chattr +i`, which needs CAP_LINUX_IMMUTABLE and ext4 or xfs). The
-sidecar's log is read from a pipe, which neither touches. Receivers are the contract-enforcing loopback receivers of
-`receivers.py`; every wait is bounded by a deadline.
+sidecar's log is read from a pipe, which neither touches. Receivers are the
+contract-enforcing loopback receivers of `receivers.py`; every wait is bounded
+by a deadline.
 """
 
 from __future__ import annotations
