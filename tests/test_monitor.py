@@ -18,7 +18,7 @@ from mhc_monitor import (
     MetricName,
     UsageError,
 )
-from mhc_monitor.alerts import make_dedup_key
+from mhc_monitor.alerts import format_reading, make_dedup_key
 from mhc_monitor.buffer import MetricsBuffer
 from mhc_monitor.exposition import format_prometheus_metrics
 from mhc_monitor.metrics import METRICS, spec_for
@@ -447,3 +447,32 @@ def test_the_monitors_evaluation_is_the_configs(metric: str, value: float, stati
     level, evaluated, threshold = monitor.evaluate_stats(metric, stats)
     assert (level, threshold) == config.evaluate(metric, value)
     assert evaluated == value or (math.isnan(evaluated) and math.isnan(value))
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        # float32(0.2, 0.9, 0.4) average to 0.49999999...: the message must not read "0.5 < 0.5".
+        (
+            [0.2, 0.9, 0.4],
+            "acceptance mean 0.499999995 is below the critical threshold 0.5",
+        ),
+        ([0.25], "acceptance mean 0.25 is below the emergency threshold 0.3"),
+    ],
+)
+def test_alert_messages_never_show_a_value_equal_to_the_threshold_it_crossed(
+    samples: list[float], expected: str
+) -> None:
+    monitor = GeometricSpeculationMonitor()
+    for value in samples:
+        monitor.record_acceptance(value)
+    (alert,) = monitor.get_alerts()
+    assert alert.message == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reference", "text"),
+    [(0.5, 0.5, "0.5"), (0.49999999, 0.5, "0.49999999"), (123.5, 100.0, "123.5")],
+)
+def test_format_reading(value: float, reference: float, text: str) -> None:
+    assert format_reading(value, reference) == text

@@ -25,7 +25,9 @@ __all__ = [
     "Alert",
     "AlertConfig",
     "AlertLevel",
+    "describe_clearing",
     "describe_crossing",
+    "format_reading",
     "make_dedup_key",
     "to_float32",
 ]
@@ -201,17 +203,51 @@ def make_dedup_key(source: str, labels: Mapping[str, str], metric: str) -> str:
     return key[: DEDUP_KEY_MAX - _HASH_LEN - 1] + "~" + digest
 
 
+def format_reading(value: float, reference: float) -> str:
+    """`value` with the fewest significant digits (6 at least) that tell it from `reference`.
+
+    A mean of 0.4999999 beside a threshold of 0.5 reads "0.4999999", not "0.5", so a
+    message never says a value is below a threshold that it appears to equal.
+    """
+    for digits in range(6, 18):
+        text = f"{value:.{digits}g}"
+        if value == reference or float(text) != reference:
+            return text
+    return repr(value)
+
+
+def _unit(spec: MetricSpec) -> str:
+    return " ms" if spec.name is MetricName.LATENCY else ""
+
+
+def _shown(spec: MetricSpec, statistic: str, value: float) -> tuple[str, float]:
+    if spec.direction is Direction.MAGNITUDE_IS_WORSE:
+        return f"|{statistic}|", abs(value)
+    return statistic, value
+
+
 def describe_crossing(
     spec: MetricSpec, statistic: str, value: float, level: AlertLevel, threshold: float
 ) -> str:
     """A one-line human message for a crossing, in recorded units."""
-    unit = " ms" if spec.name is MetricName.LATENCY else ""
-    shown = f"|{statistic}|" if spec.direction is Direction.MAGNITUDE_IS_WORSE else statistic
-    shown_value = abs(value) if spec.direction is Direction.MAGNITUDE_IS_WORSE else value
+    unit = _unit(spec)
+    shown, shown_value = _shown(spec, statistic, value)
     relation = "below" if spec.direction is Direction.LOWER_IS_WORSE else "above"
     return (
-        f"{spec.name} {shown} {shown_value:.6g}{unit} is {relation} the "
-        f"{level.name.lower()} threshold {threshold:g}{unit}"
+        f"{spec.name} {shown} {format_reading(shown_value, threshold)}{unit} is {relation} "
+        f"the {level.name.lower()} threshold {threshold:g}{unit}"
+    )
+
+
+def describe_clearing(
+    spec: MetricSpec, statistic: str, value: float, level: AlertLevel, clear: float
+) -> str:
+    """A one-line human message for a firing alert whose value is back past its clear threshold."""
+    unit = _unit(spec)
+    shown, shown_value = _shown(spec, statistic, value)
+    return (
+        f"{spec.name} {shown} {format_reading(shown_value, clear)}{unit} is back past the "
+        f"clear threshold {clear:.6g}{unit} (was {level.name.lower()})"
     )
 
 

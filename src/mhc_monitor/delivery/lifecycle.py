@@ -25,7 +25,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from ..alerts import Alert, AlertConfig, AlertLevel, describe_crossing, make_dedup_key, to_float32
+from ..alerts import (
+    Alert,
+    AlertConfig,
+    AlertLevel,
+    describe_clearing,
+    describe_crossing,
+    make_dedup_key,
+    to_float32,
+)
 from ..config import LifecycleSettings
 from ..metrics import Direction, MetricName, spec_for
 
@@ -305,10 +313,9 @@ class Lifecycle:
         else:
             margin = self.settings.margin_of(current.metric)
             clear = clear_threshold(current.metric, current.threshold, margin)
-            message = (
-                f"{current.metric} {self.config.statistic(current.metric)} {value:.6g} is back "
-                f"past the clear threshold {clear:.6g} (was {current.level.name.lower()})"
-            )
+            statistic = self.config.statistic(current.metric)
+            spec = spec_for(current.metric)
+            message = describe_clearing(spec, statistic, value, current.level, clear)
         resolved = replace(current, state=AlertState.RESOLVED, value=value, message=message)
         return self._transition(now, AlertState.FIRING, resolved, EventKind.RESOLVE)
 
