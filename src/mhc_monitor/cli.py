@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from .service import DEFAULT_HOST, DEFAULT_PORT
 if TYPE_CHECKING:
     from .config import AlertingSettings, Settings
     from .delivery import Alerting
+    from .ingest_client import IngestReport
 
 __all__ = ["main"]
 
@@ -304,7 +304,9 @@ def serve(
     try:
         server = _Server(create_app(monitor, token=token, alerting=alerting), host, port)
         _start_alerting(alerting)
-        click.echo(f"mhc-monitor sidecar on http://{host}:{server.port}/metrics", err=True)
+        click.echo(
+            f"mhc-monitor sidecar on http://{host}:{server.port}/ (live page, /metrics)", err=True
+        )
         server.run()
     finally:
         _stop_alerting(alerting)
@@ -443,40 +445,121 @@ def send_test_alert_command(receiver_name: str, config_path: str | None) -> None
 
 
 @main.command()
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.argument("source", type=click.File("rb"))
 @click.option(
     "--url",
     default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
     show_default=True,
     help="The sidecar to send to.",
 )
-@click.option("--batch-size", default=10000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=10000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples per request: a batch goes out once it holds this many.",
+)
+@click.option(
+    "--flush-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a sample is held at most before its batch goes out, also while idle.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the sidecar's bearer token  [default: $MHC_INGEST_TOKEN]",
+)
 @click.option("--token-env", default="MHC_INGEST_TOKEN", show_default=True, hidden=True)
-def ingest(source: IO[str], url: str, batch_size: int, token_env: str) -> None:
+def ingest(
+    source: IO[bytes],
+    url: str,
+    batch_size: int,
+    flush_interval: float,
+    token_file: str | None,
+    token_env: str,
+) -> None:
     """Send samples from JSON lines (FILE, or - for stdin) to a running sidecar.
 
     Each line is one sample {"metric": "latency_ms", "value": 12.5}, a columnar
-    object {"latency_ms": [12.5, 13.0]} or a {"samples": [...]} batch.
-    """
-    import os
+    object {"latency_ms": [12.5, 13.0]} or a {"samples": [...]} batch. Bad lines
+    are reported as they come and skipped; the others still go.
 
+    A sidecar started with a token wants it as a bearer token: it is read from
+    $MHC_INGEST_TOKEN, or from --token-file when given.
+
+    On end of input, SIGINT or SIGTERM, held samples are sent, then a summary is
+    printed. Exits 1 if any line was bad or any sample was not delivered.
+    """
     from .ingest_client import IngestClient
 
-    token = os.environ.get(token_env) or None
+    token = _ingest_client_token(token_file, token_env)
+    hint = f"check --token-file {token_file}" if token_file else f"set {token_env} or --token-file"
     try:
-        client = IngestClient(url, token=token, batch_size=batch_size)
-        report = client.send_lines(_numbered(source))
+        client = IngestClient(
+            url,
+            token=token,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            token_hint=hint,
+            on_problem=lambda problem: click.echo(problem, err=True),
+        )
     except MonitorError as exc:
         raise click.ClickException(str(exc)) from None
-    for problem in report.problems:
-        click.echo(problem, err=True)
-    click.echo(
-        f"sent {report.sent} samples: {report.accepted} accepted, {report.rejected} rejected"
-        + (f" ({report.rejected_text()})" if report.rejected else "")
-        + (f"; {report.bad_lines} bad lines skipped" if report.bad_lines else "")
-    )
-    if report.bad_lines or report.failed:
+    stop = threading.Event()
+    previous = _stop_on_signals(stop)
+    try:
+        report = client.send_stream(source, stop=stop)
+        _echo_ingest_report(report)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not report.complete:
         sys.exit(1)
+
+
+def _echo_ingest_report(report: IngestReport) -> None:
+    click.echo(
+        f"delivered {_count(report.delivered, 'sample')}: {report.accepted} accepted, "
+        f"{report.rejected} rejected"
+        + (f" ({report.rejected_text()})" if report.rejected else "")
+        + (f"; {_count(report.bad_lines, 'bad line')} skipped" if report.bad_lines else "")
+    )
+    for reason, n in sorted(report.not_delivered_by_reason.items()):
+        click.echo(f"{_count(n, 'sample')} not delivered: {reason}", err=True)
+    if report.unread_from is not None:
+        click.echo(f"stopped: input from line {report.unread_from} on was not read", err=True)
+    if report.stopped_after is not None:
+        click.echo(f"stopped after line {report.stopped_after}", err=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _ingest_client_token(token_file: str | None, token_env: str) -> str | None:
+    if token_file is None:
+        return os.environ.get(token_env, "").strip() or None
+    from pathlib import Path
+
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read --token-file {token_file}: {exc}") from None
+    if not token:
+        raise click.ClickException(f"--token-file {token_file} is empty")
+    return token
+
+
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """Set `stop` on SIGINT and SIGTERM rather than raise (main thread only); the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {
+        sig: signal.signal(sig, lambda signum, frame: stop.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
 
 
 def _load_settings(path: str | None) -> Any:
@@ -723,10 +806,6 @@ def export(
         raise click.ClickException(str(exc)) from None
     for path in paths:
         click.echo(path)
-
-
-def _numbered(source: IO[str]) -> Iterator[tuple[int, str]]:
-    yield from enumerate(source, start=1)
 
 
 if __name__ == "__main__":  # pragma: no cover
