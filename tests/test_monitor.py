@@ -280,6 +280,11 @@ def test_constant_labels_are_validated(labels: dict, message: str) -> None:
         GeometricSpeculationMonitor(labels=labels)
 
 
+def test_window_is_capped_with_a_clear_error() -> None:
+    with pytest.raises(UsageError, match="window must be at most 10000000 samples, got 10000001"):
+        GeometricSpeculationMonitor(window=10_000_001)
+
+
 def test_reset_empties_windows_but_cumulative_counts_go_on() -> None:
     monitor = GeometricSpeculationMonitor()
     monitor.record_acceptance(0.1)

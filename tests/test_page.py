@@ -252,11 +252,41 @@ def test_series_over_http(http: httpx.Client, monitor: GeometricSpeculationMonit
     assert http.get("/v1/series", params={"after": view["seq"] + 100}).json()["ticks"] == []
 
 
-@pytest.mark.parametrize("after", ["-1", "abc", "1.5", "9" * 19])
+@pytest.mark.parametrize("after", ["-1", "abc", "1.5", "", "+1", " 1", "\u0661"])
 def test_series_rejects_a_bad_after(http: httpx.Client, after: str) -> None:
     r = http.get("/v1/series", params={"after": after})
     assert r.status_code == 400
     assert r.json() == {"error": f"after must be a non-negative integer, got {after!r}"}
+
+
+def test_series_quotes_a_long_bad_after_briefly(http: httpx.Client) -> None:
+    r = http.get("/v1/series", params={"after": "x" * 5000})
+    assert r.status_code == 400
+    assert r.json() == {"error": "after must be a non-negative integer, got '" + "x" * 56 + "..."}
+
+
+@pytest.mark.parametrize("after", ["9" * 19, "99999999999999999999999999", "1" * 5000])
+def test_series_after_any_large_integer_is_nothing_newer(
+    http: httpx.Client, monitor: GeometricSpeculationMonitor, after: str
+) -> None:
+    monitor.record_acceptance(0.9)
+    r = http.get("/v1/series", params={"after": after})
+    assert r.status_code == 200
+    assert r.json()["ticks"] == []
+    assert r.json()["seq"] == http.get("/v1/series").json()["seq"]
+
+
+def test_series_after_with_leading_zeros_is_the_number(
+    http: httpx.Client, monitor: GeometricSpeculationMonitor
+) -> None:
+    monitor.record_acceptance(0.9)
+    view = http.get("/v1/series").json()
+    first = view["ticks"][0]["seq"]
+    later = http.get("/v1/series", params={"after": "0" * 30 + str(first)}).json()
+    expected = [t["seq"] for t in view["ticks"] if t["seq"] > first]
+    seqs = [t["seq"] for t in later["ticks"]]
+    assert seqs[: len(expected)] == expected  # the sampler may have ticked in between
+    assert all(seq > first for seq in seqs)
 
 
 def test_page_code_loads_nothing_from_elsewhere_and_writes_no_html() -> None:

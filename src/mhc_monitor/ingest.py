@@ -11,28 +11,53 @@ before anything is recorded: a structural problem (unknown metric, wrong
 shape) rejects the batch with a message naming it and records nothing. A value
 of the wrong kind (a string, null, NaN, out of range) is a bad sample, not a
 bad batch: it is dropped and counted per reason, like the library's calls.
+The literals NaN, Infinity and -Infinity, which Python's `json.dumps` writes,
+are such bad samples too. A key given twice in the batch object or in a row is
+refused: JSON parsers keep only one of them, losing samples without a word.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from .errors import UsageError
 from .metrics import METRICS, MetricSpec, spec_for_ingest_key
 from .monitor import GeometricSpeculationMonitor
 
-__all__ = ["INGEST_KEYS", "BatchResult", "IngestError", "parse_batch", "record_batch"]
+__all__ = [
+    "INGEST_KEYS",
+    "BatchResult",
+    "IngestError",
+    "MalformedBatch",
+    "decode_batch",
+    "parse_batch",
+    "parse_body",
+    "quote",
+    "record_batch",
+    "shorten",
+]
 
 INGEST_KEYS: tuple[str, ...] = tuple(spec.ingest_key for spec in METRICS)
 _NUMBER_TYPES = frozenset({float, int})
+_NON_FINITE = (b"NaN", b"Infinity")  # -Infinity contains the second
+_NON_FINITE_NOTE = "NaN, Infinity and -Infinity are accepted, as dropped samples"
+_ONCE = "send each key once (nothing was recorded)"
 
 
 class IngestError(UsageError):
     """A batch that cannot be recorded at all; the message names the problem."""
+
+
+class MalformedBatch(IngestError):
+    """A body that is not JSON at all; the message gives the position of the fault."""
 
 
 @dataclass
@@ -62,6 +87,93 @@ def _unknown(key: object, where: str) -> IngestError:
     return IngestError(f"unknown metric {_short(key)}{where}; known metrics: {known}")
 
 
+def parse_body(raw: bytes) -> dict[MetricSpec, list[Any]]:
+    """Decode and group a request body, or raise `IngestError` (`MalformedBatch` if not JSON)."""
+    body = decode_batch(raw)
+    grouped = parse_batch(body)
+    # Only now are the keys known to be few and short, so counting them in `raw` is cheap.
+    _refuse_duplicate_keys(raw, body)
+    return grouped
+
+
+def decode_batch(raw: bytes) -> Any:
+    """Decode a JSON body; NaN, Infinity and -Infinity literals decode to floats.
+
+    orjson decodes ordinary bodies; only a body it refuses that contains one of
+    those literals is decoded again by `json`, which accepts them.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not any(literal in raw for literal in _NON_FINITE):
+            raise MalformedBatch(f"malformed JSON: {exc}") from exc
+    return _decode_non_finite(raw)
+
+
+def _decode_non_finite(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        # Python's recursion limit bounds the depth, a little below orjson's 1024 levels.
+        raise MalformedBatch("malformed JSON: depth limit exceeded") from exc
+    except json.JSONDecodeError as exc:
+        raise MalformedBatch(f"malformed JSON: {exc} ({_NON_FINITE_NOTE})") from exc
+    except ValueError as exc:  # not UTF-8, or an integer of over 4300 digits
+        raise MalformedBatch(f"malformed JSON: {shorten(str(exc), 200)}") from exc
+
+
+def _refuse_duplicate_keys(raw: bytes, body: dict[str, Any]) -> None:
+    # Each member of each object has one colon outside strings: with no more colons than
+    # the members parsed, none was repeated. Batches of numbers end here.
+    rows = body.get("samples")
+    members = len(body) + (2 * len(rows) if isinstance(rows, list) else 0)
+    if not _more_colons_than(raw, members):
+        return
+    # A key's quoted name occurs once in the bytes unless it is repeated, written with
+    # escapes, or also a string value; only then is the body parsed again to be sure.
+    if (
+        rows is None
+        and b"\\" not in raw
+        and all(raw.count(b'"%s"' % k.encode()) == 1 for k in body)
+    ):
+        return
+    pairs = _pairs(raw)
+    repeated = _repeated(pairs)
+    if repeated is not None:
+        raise IngestError(f"duplicate key {quote(repeated)} in the batch object; {_ONCE}")
+    for i, row in enumerate(dict(pairs).get("samples", [])):
+        repeated = _repeated(row)
+        if repeated is not None:
+            raise IngestError(f"duplicate key {quote(repeated)} in samples[{i}]; {_ONCE}")
+
+
+def _pairs(raw: bytes) -> list[tuple[str, Any]]:
+    # Every object as its list of (key, value) pairs, repeats included.
+    try:
+        pairs: list[tuple[str, Any]] = json.loads(raw.decode("utf-8"), object_pairs_hook=list)
+    except RecursionError as exc:
+        raise MalformedBatch("malformed JSON: depth limit exceeded") from exc
+    except ValueError as exc:
+        raise MalformedBatch(f"malformed JSON: {shorten(str(exc), 200)}") from exc
+    return pairs
+
+
+def _repeated(pairs: list[tuple[str, Any]]) -> str | None:
+    counts = Counter(key for key, _ in pairs)
+    return next((key for key, n in counts.items() if n > 1), None)
+
+
+def _more_colons_than(raw: bytes, n: int) -> bool:
+    if n > 32:
+        return raw.count(b":") > n
+    at = -1
+    for _ in range(n + 1):
+        at = raw.find(b":", at + 1)  # memchr, several times faster than bytes.count
+        if at < 0:
+            return False
+    return True
+
+
 def parse_batch(body: Any) -> dict[MetricSpec, list[Any]]:
     """Group a decoded JSON batch by metric, or raise `IngestError` naming what is wrong."""
     if not isinstance(body, dict):
@@ -72,7 +184,7 @@ def parse_batch(body: Any) -> dict[MetricSpec, list[Any]]:
     if "samples" in body:
         if len(body) != 1:
             extra = sorted(k for k in body if k != "samples")
-            raise IngestError(f'a "samples" batch takes no other keys, got {extra}')
+            raise IngestError(f'a "samples" batch takes no other keys, got {_keys(extra)}')
         return _parse_rows(body["samples"])
     return _parse_columns(body)
 
@@ -88,7 +200,7 @@ def _parse_rows(rows: Any) -> dict[MetricSpec, list[Any]]:
             )
         if len(row) != 2:
             extra = sorted(k for k in row if k not in ("metric", "value"))
-            raise IngestError(f"samples[{i}] has unexpected keys {extra}")
+            raise IngestError(f"samples[{i}] has unexpected keys {_keys(extra)}")
         key = row["metric"]
         spec = spec_for_ingest_key(key) if isinstance(key, str) else None
         if spec is None:
@@ -105,7 +217,8 @@ def _parse_columns(body: dict[str, Any]) -> dict[MetricSpec, list[Any]]:
             raise _unknown(key, "")
         if not isinstance(values, list):
             raise IngestError(
-                f"{key!r} must map to a JSON array of numbers, got a JSON {_json_kind(values)}"
+                f"{quote(key)} must map to a JSON array of numbers, "
+                f"got a JSON {_json_kind(values)}"
             )
         grouped[spec] = values
     return grouped
@@ -158,9 +271,22 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         return f"a JSON array of {len(value)} items"
     if isinstance(value, dict):
-        return f"a JSON object with keys {_truncate(repr(list(value)[:5]))}"
-    return _truncate(repr(value))
+        return f"a JSON object with keys {shorten(_keys(list(itertools.islice(value, 6))), 200)}"
+    return quote(value)
 
 
-def _truncate(text: str) -> str:
-    return text if len(text) <= 60 else text[:57] + "..."
+def _keys(keys: list[Any]) -> str:
+    shown = ", ".join(quote(k) for k in keys[:5])
+    return f"[{shown}, ...]" if len(keys) > 5 else f"[{shown}]"
+
+
+def quote(value: object) -> str:
+    """`repr(value)`, cut to 60 characters: an error message never echoes a whole input."""
+    if isinstance(value, str) and len(value) > 60:
+        value = value[:60]  # the repr of a prefix: never of a whole 3 MB key
+    return shorten(repr(value))
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters with "..." when longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

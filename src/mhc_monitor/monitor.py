@@ -38,6 +38,9 @@ from .errors import UsageError
 from .metrics import METRICS, Direction, MetricName, MetricSpec
 
 __all__ = [
+    "MAX_LABELS",
+    "MAX_LABEL_VALUE_LENGTH",
+    "MAX_WINDOW",
     "REJECT_REASONS",
     "RESERVED_LABELS",
     "GeometricSpeculationMonitor",
@@ -63,6 +66,8 @@ RESERVED_LABELS = frozenset(
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_LABELS = 16
 MAX_LABEL_VALUE_LENGTH = 256
+#: The most samples a metric's window holds: 10 million float32 values, 40 MB per metric.
+MAX_WINDOW = 10_000_000
 _LOG_EVERY_S = 60.0
 
 
@@ -421,6 +426,24 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _label_problem(name: object, value: object) -> str | None:
+    """What is wrong with one constant label, or None.
+
+    A label name is a Prometheus label name that the exposition does not use
+    itself (`RESERVED_LABELS`); a value is a string of at most
+    `MAX_LABEL_VALUE_LENGTH` characters (any characters: the exposition escapes them).
+    """
+    if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+        return "not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+    if name in RESERVED_LABELS:
+        return "reserved by the exposition"
+    if not isinstance(value, str):
+        return f"must have a str value, got {type(value).__name__}"
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        return f"the value is {len(value)} characters, at most {MAX_LABEL_VALUE_LENGTH} allowed"
+    return None
+
+
 def _validate_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
     if labels is None:
         return MappingProxyType({})
@@ -429,20 +452,9 @@ def _validate_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
     if len(labels) > MAX_LABELS:
         raise UsageError(f"at most {MAX_LABELS} constant labels, got {len(labels)}")
     for name, value in labels.items():
-        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
-            raise UsageError(
-                f"label name {name!r} is not a valid Prometheus label name "
-                "([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
-            )
-        if name in RESERVED_LABELS:
-            raise UsageError(f"label name {name!r} is reserved by the exposition")
-        if not isinstance(value, str):
-            raise UsageError(f"label {name!r} must have a str value, got {type(value).__name__}")
-        if len(value) > MAX_LABEL_VALUE_LENGTH:
-            raise UsageError(
-                f"label {name!r} value is {len(value)} characters, "
-                f"at most {MAX_LABEL_VALUE_LENGTH} allowed"
-            )
+        problem = _label_problem(name, value)
+        if problem is not None:
+            raise UsageError(f"label {name!r}: {problem}")
     return MappingProxyType(dict(labels))
 
 
@@ -519,6 +531,8 @@ class GeometricSpeculationMonitor:
             raise UsageError(f"config must be an AlertConfig, got {type(config).__name__}")
         self.config = config or AlertConfig()
         self.labels = _validate_labels(labels)
+        if isinstance(window, int) and window > MAX_WINDOW:
+            raise UsageError(f"window must be at most {MAX_WINDOW} samples, got {window}")
         self.source = source or self.labels.get("instance") or socket.gethostname()
         self.window = window
         self.started = time.time()

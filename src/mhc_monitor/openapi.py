@@ -5,7 +5,7 @@ drop reasons it lists are the ones the service uses. It describes what the
 service accepts, not only what a well-behaved engine sends: a sample of the
 wrong kind (a string, null, a nested array) is accepted and counted as dropped,
 so sample values are schema-free; a wrong structure (an unknown key, a column
-that is not an array) is refused with 422.
+that is not an array, a key given twice) is refused with 422.
 """
 
 from __future__ import annotations
@@ -29,8 +29,15 @@ _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
 _ANY_SAMPLE = {
     "description": "A number in the metric's domain. Anything else (a string, null, a "
-    "boolean, NaN as a string, a number out of range) is dropped and counted by reason."
+    "boolean, a number out of range, or the literals NaN, Infinity and -Infinity that "
+    "Python's json.dumps writes) is dropped and counted by reason."
 }
+_SAMPLES_DESCRIPTION = (
+    "A batch is checked as a whole: a structural problem refuses it and records nothing. "
+    "The body may be compressed with Content-Encoding gzip or deflate (zlib format); "
+    "the size limit holds for the body as sent and once decompressed. Each key of the "
+    "batch object appears once: a repeated key is refused, as parsers would keep only one."
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -173,13 +180,26 @@ def _get(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
 def _samples_operation(token_required: bool, max_body_bytes: int) -> dict[str, Any]:
     responses = {
         "200": _json(_ref("BatchResult"), "Recorded; bad samples dropped and counted."),
-        "400": _error("Malformed JSON, or an invalid Content-Length."),
-        "413": _error(f"The body exceeds {max_body_bytes} bytes; nothing was recorded."),
-        "415": _error("The Content-Type is not application/json."),
-        "422": _error("A structural problem (named in the message); nothing was recorded."),
+        "400": _error(
+            "Malformed JSON (the message gives the position), an invalid Content-Length, "
+            "or a compressed body that does not decompress."
+        ),
+        "413": _error(
+            f"The body exceeds {max_body_bytes} bytes, as sent or once decompressed; "
+            "nothing was recorded."
+        ),
+        "415": _error(
+            "The Content-Type is not application/json, or the Content-Encoding is not "
+            "gzip, deflate or identity."
+        ),
+        "422": _error(
+            "A structural problem (named in the message), such as an unknown metric or a "
+            "repeated key; nothing was recorded."
+        ),
     }
     operation: dict[str, Any] = {
         "summary": "Record a batch of samples, one object per sample or one array per metric",
+        "description": _SAMPLES_DESCRIPTION,
         "requestBody": {
             "required": True,
             "content": {
@@ -191,7 +211,17 @@ def _samples_operation(token_required: bool, max_body_bytes: int) -> dict[str, A
         "responses": responses,
     }
     if token_required:
-        responses["401"] = _error("A valid bearer token is required.")
+        responses["401"] = {
+            **_error("A valid bearer token is required."),
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": 'Bearer realm="mhc-monitor", with error="invalid_token" '
+                    "when a wrong token was sent (RFC 6750).",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^Bearer "},
+                }
+            },
+        }
         operation["security"] = [{"bearer": []}]
     return {"post": operation}
 

@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .alerts import AlertLevel
+from .ingest import quote
 from .metrics import METRICS, Direction, MetricName
 from .monitor import GeometricSpeculationMonitor
 
@@ -64,6 +65,7 @@ _TITLES = {
     MetricName.SINKHORN_ITERATIONS: "Sinkhorn iterations",
 }
 _UNITS = {MetricName.LATENCY: "ms"}
+_BEYOND_ANY_SEQ = 10**18
 # Thresholds sit decades above the usual values of these two: a log axis shows both.
 _LOG_SCALE = frozenset({MetricName.LATENCY, MetricName.ENERGY})
 
@@ -286,10 +288,13 @@ class _Page:
 
     async def series(self, request: Request) -> Response:
         raw = request.query_params.get("after", "0")
-        if not raw.isdigit() or len(raw) > 18:
-            body = {"error": f"after must be a non-negative integer, got {raw!r}"}
+        if not (raw.isascii() and raw.isdigit()):
+            body = {"error": f"after must be a non-negative integer, got {quote(raw)}"}
             return Response(orjson.dumps(body), 400, media_type="application/json")
-        view = self.sampler.view(int(raw))
+        digits = raw.lstrip("0")
+        # Beyond any sequence number a sampler reaches, so simply nothing newer.
+        after = int(digits or "0") if len(digits) <= 18 else _BEYOND_ANY_SEQ
+        view = self.sampler.view(after)
         return Response(
             orjson.dumps(view),
             media_type="application/json",

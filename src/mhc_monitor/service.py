@@ -7,8 +7,12 @@
     GET  /             the live page (see `mhc_monitor.page`), with /static/* and /v1/series
     POST /v1/samples   a JSON batch of samples (see `mhc_monitor.ingest`)
 
-Every error is a JSON object `{"error": "..."}` whose message names the problem.
-A rejected request records nothing; samples accepted before it are kept.
+Every error is a JSON object `{"error": "..."}` whose message names the problem,
+quoting at most a short prefix of what the client sent. A rejected request
+records nothing; samples accepted before it are kept. Paths match exactly: a
+trailing slash is a 404, never a redirect built from the client's Host header.
+A batch may be sent compressed (Content-Encoding gzip or deflate); the body
+limit holds for the decompressed bytes too.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import zlib
 from typing import Any, Protocol
 
 import orjson
@@ -29,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .exposition import MonitorCollector, package_version
-from .ingest import IngestError, parse_batch, record_batch
+from .ingest import IngestError, MalformedBatch, parse_body, quote, record_batch, shorten
 from .monitor import GeometricSpeculationMonitor
 from .openapi import openapi_route
 from .page import page_routes
@@ -42,6 +47,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9477
 #: Largest accepted request body: about a million samples in columnar form.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_REALM = 'Bearer realm="mhc-monitor"'
 
 
 class AlertSource(Protocol):
@@ -61,6 +68,35 @@ class JSONResponse(Response):
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class _Inflater:
+    """Decompresses a gzip or deflate body as it arrives, never far past a limit."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._wbits = _WBITS[encoding]
+        self._stream = zlib.decompressobj(self._wbits)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """The bytes `data` decompresses to; more than `room` of them means over the limit."""
+        out = []
+        while data:
+            # At most room + 1 bytes: either over the limit, or all of `data` is consumed.
+            chunk = self._stream.decompress(data, room + 1)
+            out.append(chunk)
+            room -= len(chunk)
+            if room < 0:
+                break
+            data = self._stream.unused_data
+            if data:  # a gzip file may hold several members, one after the other
+                self._stream = zlib.decompressobj(self._wbits)
+        return b"".join(out)
+
+    def finish(self) -> None:
+        """Raise `zlib.error` if the compressed stream stopped before its end."""
+        if not self._stream.eof:
+            raise zlib.error("the compressed stream is truncated")
 
 
 class _Sidecar:
@@ -135,18 +171,18 @@ class _Sidecar:
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             return _error(
-                415,
-                f"Content-Type must be application/json, got {content_type or 'none'!r}",
+                415, f"Content-Type must be application/json, got {quote(content_type or 'none')}"
             )
-        body = await self._read_body(request)
+        inflater = _inflater(request)
+        if isinstance(inflater, Response):
+            return inflater
+        body = await self._read_body(request, inflater)
         if isinstance(body, Response):
             return body
         try:
-            decoded = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        try:
-            grouped = parse_batch(decoded)
+            grouped = parse_body(body)
+        except MalformedBatch as exc:
+            return _error(400, str(exc))
         except IngestError as exc:
             return _error(422, str(exc))
         result = record_batch(self.monitor, grouped)
@@ -163,36 +199,71 @@ class _Sidecar:
             given.strip().encode("utf-8"), self._token
         ):
             return None
-        return _error(401, "a valid bearer token is required (Authorization: Bearer ...)")
+        response = _error(401, "a valid bearer token is required (Authorization: Bearer ...)")
+        # RFC 6750 section 3: the scheme to use, and whether a bearer token sent was wrong.
+        wrong = scheme.lower() == "bearer"
+        challenge = f'{_REALM}, error="invalid_token"' if wrong else _REALM
+        response.headers["WWW-Authenticate"] = challenge
+        return response
 
-    async def _read_body(self, request: Request) -> bytes | Response:
+    async def _read_body(self, request: Request, inflater: _Inflater | None) -> bytes | Response:
         limit = self.max_body_bytes
         too_large = f"request body exceeds the limit of {limit} bytes; split the batch"
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
-                return _error(400, f"invalid Content-Length {declared!r}")
-            if int(declared) > limit:
+            if not (declared.isascii() and declared.isdigit()):
+                return _error(400, f"invalid Content-Length {quote(declared)}")
+            if len(declared) > 18 or int(declared) > limit:
                 return _error(413, too_large)
         chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return _error(413, too_large)
-            chunks.append(chunk)
+        received = size = 0
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    return _error(413, too_large)
+                if inflater is not None:
+                    chunk = inflater.feed(chunk, limit - size)
+                size += len(chunk)
+                if size > limit:
+                    return _error(413, f"{too_large} (the limit holds once decompressed)")
+                chunks.append(chunk)
+            if inflater is not None:
+                inflater.finish()
+        except zlib.error as exc:
+            assert inflater is not None
+            return _error(400, f"the body is not valid {inflater.encoding} data: {exc}")
         return b"".join(chunks)
+
+
+def _inflater(request: Request) -> _Inflater | Response | None:
+    # Codings in the order they were applied; identity is no coding at all.
+    codings = [
+        coding.strip().lower()
+        for header in request.headers.getlist("content-encoding")
+        for coding in header.split(",")
+    ]
+    codings = [c for c in codings if c not in ("", "identity")]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _WBITS:
+        return _Inflater(codings[0])
+    given = ", ".join(codings)
+    return _error(
+        415, f"unsupported Content-Encoding {quote(given)}; send gzip, deflate or identity"
+    )
 
 
 def _http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return _error(404, f"no such endpoint: {request.url.path}")
+        return _error(404, f"no such endpoint: {shorten(request.url.path, 200)}")
     if exc.status_code == 405:
-        response = _error(405, f"method {request.method} is not allowed on {request.url.path}")
+        method, path = shorten(request.method, 20), shorten(request.url.path, 200)
+        response = _error(405, f"method {method} is not allowed on {path}")
         response.headers.update(exc.headers or {})  # Allow: the methods the path takes
         return response
-    return _error(exc.status_code, str(exc.detail))
+    return _error(exc.status_code, shorten(str(exc.detail), 200))
 
 
 def create_app(
@@ -221,5 +292,7 @@ def create_app(
     routes.extend(page_routes(monitor))
     routes.extend(extra_routes or [])
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error_handler})
+    # Starlette would answer /metrics/ with a redirect to the client's own Host header.
+    app.router.redirect_slashes = False
     app.state.sidecar = sidecar
     return app
