@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mhc_monitor.alerts import AlertConfig, AlertLevel, to_float32
+from mhc_monitor.alerts import AlertConfig, AlertLevel, clear_threshold, to_float32
+from mhc_monitor.config import LifecycleSettings
+from mhc_monitor.delivery.lifecycle import AlertState, Evaluation, Lifecycle
 from mhc_monitor.errors import UsageError
 from mhc_monitor.metrics import METRICS, Direction, MetricName, MetricSpec
 from mhc_monitor.rules import (
@@ -398,3 +400,119 @@ def test_rules_command_carries_the_config_lifecycle(tmp_path: Path) -> None:
         for rule in _groups(result.output)[ALERTS_GROUP]
     }
     assert set(timing.values()) == {(None, None)}
+
+
+# --- hysteresis: with a clear margin, rules resolve when the in-process lifecycle does -------
+
+MARGIN = 0.05
+# Per metric, one value a minute: crossings, values between a threshold and its clear
+# threshold (held), values past it (cleared), and an escalation that de-escalates.
+HYSTERESIS_VALUES = {
+    MetricName.ACCEPTANCE: [0.8, 0.69, 0.72, 0.74, 0.49, 0.51, 0.53, 0.6, 0.72, 0.75],
+    MetricName.LATENCY: [40.0, 51.0, 48.0, 47.0, 101.0, 96.0, 94.0, 49.0, 30.0],
+    MetricName.CURVATURE: [1.0, -2.1, -1.95, 1.85, 5.5, -4.8, 4.7, 0.5],
+}
+
+
+def _rule_states(spec: MetricSpec, values: list[float]) -> dict[AlertLevel, list[bool]]:
+    """Each level's rule, firing or not per minute, by its definition: beyond the threshold,
+    or firing before and not yet back to the clear threshold."""
+    config = AlertConfig()
+    states = {}
+    for level, threshold in config.thresholds(spec.name):
+        clear = clear_threshold(spec.name, threshold, MARGIN)
+        firing, out = False, []
+        for value in values:
+            beyond = config.evaluate(spec.name, value)[0] >= level
+            v = abs(value) if spec.direction is Direction.MAGNITUDE_IS_WORSE else value
+            held = v < clear if spec.direction is Direction.LOWER_IS_WORSE else v > clear
+            firing = beyond or (firing and held)
+            out.append(firing)
+        states[level] = out
+    return states
+
+
+def _lifecycle_levels(spec: MetricSpec, values: list[float]) -> list[AlertLevel]:
+    """The in-process lifecycle's level per minute (INFO when no alert is active)."""
+    config = AlertConfig()
+    life = Lifecycle(
+        config,
+        LifecycleSettings(clear_margin=MARGIN, no_data_after_s=None),
+        source="s",
+        labels={},
+    )
+    levels = []
+    for minute, value in enumerate(values):
+        level, threshold = config.evaluate(spec.name, value)
+        life.step(60.0 * minute, [Evaluation(spec.name, level, value, threshold, minute + 1)])
+        active = [a for a in life.active() if a.state is AlertState.FIRING]
+        levels.append(active[0].level if active else AlertLevel.INFO)
+    return levels
+
+
+@pytest.mark.parametrize("metric", list(HYSTERESIS_VALUES))
+def test_rules_with_a_clear_margin_resolve_when_the_lifecycle_does(
+    tmp_path: Path, metric: MetricName
+) -> None:
+    spec = next(s for s in METRICS if s.name is metric)
+    values = HYSTERESIS_VALUES[metric]
+    states = _rule_states(spec, values)
+    # The highest firing rule is the in-process alert's level, minute by minute.
+    top = [
+        max((level for level, fired in states.items() if fired[m]), default=AlertLevel.INFO)
+        for m in range(len(values))
+    ]
+    assert top == _lifecycle_levels(spec, values)
+    assert any(s[m] and not s[m - 1] for s in states.values() for m in range(1, len(values)))
+
+    text = generate_rules(AlertConfig(), clear_margin=MARGIN)
+    rules = {r["alert"]: r for r in _groups(text)[ALERTS_GROUP] if r["labels"]["metric"] == metric}
+    gauge = [value * spec.scale for value in values]
+    series = f'{spec.window_series}{{stat="mean", instance="a"}}'
+    tests = []
+    for level, fired in states.items():
+        rule = rules[alert_name(metric, level)]
+        assert f'ALERTS{{alertname="{rule["alert"]}", alertstate="firing"}}' in rule["expr"]
+        for minute, on in enumerate(fired):
+            shown = (
+                abs(gauge[minute])
+                if spec.direction is Direction.MAGNITUDE_IS_WORSE
+                else gauge[minute]
+            )
+            annotations = {
+                key: text.replace("{{ $labels.instance }}", "a").replace(
+                    "{{ $value }}", _go_float(shown)
+                )
+                for key, text in rule["annotations"].items()
+            }
+            labels = {**rule["labels"], "stat": "mean", "instance": "a"}
+            expected = [{"exp_labels": labels, "exp_annotations": annotations}] if on else []
+            tests.append(
+                {"eval_time": f"{minute}m", "alertname": rule["alert"], "exp_alerts": expected}
+            )
+    document = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": " ".join(repr(g) for g in gauge)}],
+                "alert_rule_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "rules.yml").write_text(text)
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    result = _promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0, math.nan])
+def test_a_clear_margin_outside_zero_to_one_is_refused(margin: float) -> None:
+    with pytest.raises(UsageError, match="clear margin of acceptance must be in"):
+        generate_rules(AlertConfig(), clear_margin_by_metric={"acceptance": margin})
+
+
+def test_no_margin_writes_plain_comparisons() -> None:
+    for rule in _groups(generate_rules(AlertConfig()))[ALERTS_GROUP]:
+        assert "ALERTS" not in rule["expr"]

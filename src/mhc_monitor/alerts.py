@@ -25,6 +25,7 @@ __all__ = [
     "Alert",
     "AlertConfig",
     "AlertLevel",
+    "clear_threshold",
     "describe_clearing",
     "describe_crossing",
     "format_reading",
@@ -129,6 +130,17 @@ class AlertConfig:
 def threshold_field(spec: MetricSpec, level: AlertLevel) -> str:
     """The `AlertConfig` field holding `spec`'s threshold for `level`."""
     return f"{spec.config_prefix}_{level.name.lower()}{spec.config_suffix}"
+
+
+def clear_threshold(metric: str, threshold: float, margin: float) -> float:
+    """The value a firing alert at `threshold` must get back to (inclusive) to clear.
+
+    `margin` is relative and moves the threshold towards healthy: up for a
+    lower-is-worse metric, down (in magnitude for curvature) for the others.
+    """
+    if spec_for(metric).direction is Direction.LOWER_IS_WORSE:
+        return threshold * (1.0 + margin)
+    return threshold * (1.0 - margin)
 
 
 def _beyond(spec: MetricSpec, value: float, threshold: float) -> bool:

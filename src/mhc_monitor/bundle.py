@@ -65,6 +65,8 @@ def export_bundle(
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
     for_by_metric: Mapping[str, float] | None = None,
+    clear_margin: float = 0,
+    clear_margin_by_metric: Mapping[str, float] | None = None,
     down_for_seconds: float = 60,
     pagerduty_routing_key_file: str | None = None,
     slack_webhook_url_file: str | None = None,
@@ -78,8 +80,8 @@ def export_bundle(
     """Writes the bundle into `directory` (created if missing) and returns the written paths.
 
     `targets` are the sidecars' `host:port` addresses. `grafana_url`, when given,
-    links every alert to the dashboard; the rule timings are those of
-    `generate_rules`, and a sidecar that misses scrapes for `down_for_seconds`
+    links every alert to the dashboard; the rule timings and clear margins are
+    those of `generate_rules`, and a sidecar that misses scrapes for `down_for_seconds`
     raises `MhcSidecarDown`. `dashboards_path` is where Grafana will see
     `dashboard.json` (default: this folder, absolute). The evaluation interval
     defaults to the scrape interval; the group timings are Alertmanager's.
@@ -112,6 +114,8 @@ def export_bundle(
             for_seconds=for_seconds,
             keep_firing_for_seconds=keep_firing_for_seconds,
             for_by_metric=for_by_metric,
+            clear_margin=clear_margin,
+            clear_margin_by_metric=clear_margin_by_metric,
             dashboard_url=dashboard_url,
             scrape_job=SCRAPE_JOB,
             down_for_seconds=down_for_seconds,

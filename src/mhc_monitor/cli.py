@@ -619,10 +619,13 @@ def _rule_timing(settings: Settings, for_s: float | None, keep_s: float | None) 
     """The rules' pending and keep-firing times: the options', else the config's lifecycle's.
 
     An explicit `--for` applies to every metric; otherwise the lifecycle's
-    per-metric pending times are carried over too.
+    per-metric pending times are carried over too. The clear margins are always
+    the lifecycle's, so a rule resolves when the in-process alert does.
     """
     lifecycle = settings.alerting.lifecycle
     return {
+        "clear_margin": lifecycle.clear_margin,
+        "clear_margin_by_metric": dict(lifecycle.clear_margin_by_metric),
         "for_seconds": lifecycle.for_s if for_s is None else for_s,
         "for_by_metric": dict(lifecycle.for_by_metric) if for_s is None else {},
         "keep_firing_for_seconds": lifecycle.keep_firing_for_s if keep_s is None else keep_s,

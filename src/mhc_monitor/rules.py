@@ -9,6 +9,10 @@ float64.
 
 Every level of a metric carries the same `metric` label, so Alertmanager can
 inhibit a lower level while a higher one fires for the same metric and instance.
+
+With a clear margin, a rule has the in-process lifecycle's hysteresis: once
+firing (its own `ALERTS` series), it holds until the gauge is back past the
+clear threshold, not merely within the threshold.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .alerts import AlertConfig, AlertLevel, to_float32
+from .alerts import AlertConfig, AlertLevel, clear_threshold, to_float32
 from .errors import UsageError
 from .metrics import METRICS, Direction, MetricName, MetricSpec
 
@@ -50,6 +54,8 @@ SEVERITY_BY_LEVEL: Mapping[AlertLevel, str] = {
 }
 
 _RATE_WINDOW = "5m"
+# Labels an alert has beyond its gauge's: the rule's own and the ones Prometheus adds.
+_ALERT_ONLY_LABELS = "alertname, alertstate, level, metric, severity"
 _QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
@@ -94,6 +100,8 @@ def generate_rules(
     for_seconds: float = 0,
     keep_firing_for_seconds: float = 0,
     for_by_metric: Mapping[str, float] | None = None,
+    clear_margin: float = 0,
+    clear_margin_by_metric: Mapping[str, float] | None = None,
     dashboard_url: str | None = None,
     scrape_job: str | None = None,
     down_for_seconds: float = 60,
@@ -103,20 +111,20 @@ def generate_rules(
 
     `for` and `keep_firing_for` (Prometheus >= 2.42) are written only when
     non-zero; `for_by_metric` overrides `for_seconds` for the metrics it names,
-    as the in-process lifecycle does. `dashboard_url` becomes each alert's
-    `dashboard` annotation.
+    as the in-process lifecycle does; likewise `clear_margin_by_metric` for
+    `clear_margin`, the relative hysteresis of the lifecycle (0: a rule resolves
+    as soon as the gauge is within its threshold). `dashboard_url` becomes each
+    alert's `dashboard` annotation.
 
     With `scrape_job`, the Prometheus job scraping the sidecars, one more rule
     (`MhcSidecarDown`, critical) fires when a sidecar has not answered scrapes
     for `down_for_seconds`: its series are gone then, so its other alerts
     resolve in Prometheus although nothing says the replica is healthy.
-    Raises `UsageError` for a negative or non-finite duration or an unknown
-    metric name.
+    Raises `UsageError` for a negative or non-finite duration, a margin outside
+    [0, 1) or an unknown metric name.
     """
-    # TODO: the in-process lifecycle's clear margin is not carried into the rules,
-    # so a rule resolves as soon as the gauge is back within the threshold while
-    # the in-process alert waits for the margin.
     pending = _pending_by_metric(for_seconds, for_by_metric or {})
+    margins = _margin_by_metric(clear_margin, clear_margin_by_metric or {})
     keep = _duration_field("keep_firing_for", keep_firing_for_seconds)
 
     alerting = [
@@ -125,6 +133,7 @@ def generate_rules(
             level,
             threshold,
             config.statistic(spec.name),
+            margins[spec.name],
             {**pending[spec.name], **keep},
             dashboard_url,
         )
@@ -152,16 +161,27 @@ def _duration_field(key: str, seconds: float) -> dict[str, str]:
 def _pending_by_metric(
     for_seconds: float, overrides: Mapping[str, float]
 ) -> dict[MetricName, dict[str, str]]:
-    known = {str(spec.name) for spec in METRICS}
-    unknown = sorted(set(map(str, overrides)) - known)
-    if unknown:
-        raise UsageError(
-            f"unknown metric {unknown[0]!r} in for_by_metric (known: {sorted(known)})"
-        )
+    _check_metric_names("for_by_metric", overrides)
     return {
         spec.name: _duration_field("for", overrides.get(str(spec.name), for_seconds))
         for spec in METRICS
     }
+
+
+def _margin_by_metric(margin: float, overrides: Mapping[str, float]) -> dict[MetricName, float]:
+    _check_metric_names("clear_margin_by_metric", overrides)
+    margins = {spec.name: overrides.get(str(spec.name), margin) for spec in METRICS}
+    for name, value in margins.items():
+        if not (isinstance(value, int | float) and 0 <= value < 1):
+            raise UsageError(f"the clear margin of {name} must be in [0, 1), got {value!r}")
+    return margins
+
+
+def _check_metric_names(option: str, overrides: Mapping[str, float]) -> None:
+    known = {str(spec.name) for spec in METRICS}
+    unknown = sorted(set(map(str, overrides)) - known)
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r} in {option} (known: {sorted(known)})")
 
 
 def _alerting_rule(
@@ -169,9 +189,17 @@ def _alerting_rule(
     level: AlertLevel,
     threshold: float,
     statistic: str,
+    margin: float,
     timing: Mapping[str, str],
     dashboard_url: str | None,
 ) -> dict[str, Any]:
+    name = alert_name(spec.name, level)
+    expr = alert_expr(spec, statistic, threshold)
+    if margin:
+        # Firing already, the rule holds while the gauge is short of the clear threshold.
+        held = alert_expr(spec, statistic, clear_threshold(spec.name, threshold, margin))
+        firing = f'ALERTS{{alertname="{name}", alertstate="firing"}}'
+        expr = f"{expr} or ({held} and ignoring({_ALERT_ONLY_LABELS}) {firing})"
     level_name = level.name.lower()
     relation = "below" if spec.direction is Direction.LOWER_IS_WORSE else "above"
     shown = f"|{statistic}|" if spec.direction is Direction.MAGNITUDE_IS_WORSE else statistic
@@ -191,8 +219,8 @@ def _alerting_rule(
     if dashboard_url is not None:
         annotations["dashboard"] = dashboard_url
     return {
-        "alert": alert_name(spec.name, level),
-        "expr": alert_expr(spec, statistic, threshold),
+        "alert": name,
+        "expr": expr,
         **timing,
         "labels": {
             "severity": SEVERITY_BY_LEVEL[level],

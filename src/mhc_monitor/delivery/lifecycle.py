@@ -29,6 +29,7 @@ from ..alerts import (
     Alert,
     AlertConfig,
     AlertLevel,
+    clear_threshold,
     describe_clearing,
     describe_crossing,
     make_dedup_key,
@@ -124,13 +125,6 @@ class Transition:
         if self.event is None:
             return None
         return "resolve" if self.event is EventKind.RESOLVE else "trigger"
-
-
-def clear_threshold(metric: str, threshold: float, margin: float) -> float:
-    """The value a firing alert at `threshold` must get back to (inclusive) to clear."""
-    if spec_for(metric).direction is Direction.LOWER_IS_WORSE:
-        return threshold * (1.0 + margin)
-    return threshold * (1.0 - margin)
 
 
 def _is_cleared(metric: str, value: float, clear: float) -> bool:
