@@ -352,3 +352,13 @@ def test_real_alertmanager_loads_the_config_and_inhibits_lower_levels(alertmanag
         if a["labels"]["alertname"] == "MhcLatencyWarning" and a["labels"]["instance"] == "a"
     )
     assert inhibited["status"]["inhibitedBy"] and not inhibited["status"]["silencedBy"]
+
+
+def test_a_slack_channel_without_a_slack_webhook_is_refused() -> None:
+    with pytest.raises(UsageError, match="slack_channel needs slack_webhook_url_file"):
+        generate_alertmanager_config(
+            pagerduty_routing_key_file=None,
+            slack_webhook_url_file=None,
+            webhook_url=None,
+            slack_channel="#x",
+        )

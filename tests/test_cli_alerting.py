@@ -513,3 +513,32 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], expected: 
     lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert lines == [expected.format(tmp=tmp_path)], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["demo", "--duration", "nan"], "--duration"),
+        (["demo", "--rate", "inf"], "--rate"),
+        (["demo", "--degrade-after", "NaN"], "--degrade-after"),
+        (["rules", "--for", "inf"], "--for"),
+        (["alertmanager-config", "--group-wait", "nan"], "--group-wait"),
+    ],
+)
+def test_option_values_that_are_not_finite_numbers_are_refused(
+    args: list[str], option: str
+) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+    assert "is not a finite number." in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_durations_beyond_what_prometheus_reads_are_refused() -> None:
+    done = run_cli("alertmanager-config", "--group-wait", "1e20")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "Error: a duration must be at most 9000000000 s (about 285 years, what Prometheus "
+        "and Alertmanager can read), got 1e+20\n"
+    )

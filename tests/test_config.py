@@ -138,6 +138,24 @@ def test_secrets_from_the_environment_switch_receivers_on(tmp_path: Path) -> Non
             '[receivers.slack]\nrouting_key_file = "k"\nurl = "https://hooks.example/x"\n',
             ["2: receivers.slack.routing_key_file: not a key of a slack receiver"],
         ),
+        ("[lifecycle]\nfor = true\n", ["2: lifecycle.for: Input should be a valid number"]),
+        ('[lifecycle]\nfor = "5"\n', ["2: lifecycle.for: Input should be a valid number"]),
+        ('[service]\nstore = ""\n', ["2: service.store: String should have at least 1"]),
+        (
+            "[delivery]\nbackoff_initial = 100\nbackoff_max = 1\n",
+            ["2: delivery.backoff_initial: 100 s must not exceed backoff_max (1 s)"],
+        ),
+        (
+            '[labels]\nmodel = "m"\n"bad-name" = "x"\nmetric = "y"\n',
+            [
+                "3: labels.bad-name: not a valid Prometheus label name",
+                "4: labels.metric: reserved by the exposition",
+            ],
+        ),
+        (
+            "[labels]\n" + "".join(f'l{i} = "v"\n' for i in range(17)),
+            ["1: labels: at most 16 constant labels, got 17"],
+        ),
         (
             "[service]\nport = 70000\n[delivery]\ntimeout = 0\n",
             [

@@ -311,6 +311,20 @@ def test_end_of_input_sends_a_batch_smaller_than_batch_size() -> None:
     assert monitor.window_values("latency") == [5.0, 6.0, 7.0]
 
 
+def test_non_finite_and_overflowing_samples_are_counted_by_reason() -> None:
+    monitor = new_monitor()
+    data = b'{"latency_ms": [1e400, NaN, -Infinity, 7.0, null]}\n' + latencies(8.0)
+    with sidecar(monitor) as url:
+        done = run_ingest(url, data)
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        "delivered 6 samples: 2 accepted, 4 rejected (infinite: 2, invalid_type: 1, nan: 1)\n",
+        "",
+    )
+    assert monitor.window_values("latency") == [7.0, 8.0]
+
+
 # --- B2: input that is not UTF-8 -------------------------------------------------------
 
 

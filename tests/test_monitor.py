@@ -481,3 +481,29 @@ def test_alert_messages_never_show_a_value_equal_to_the_threshold_it_crossed(
 )
 def test_format_reading(value: float, reference: float, text: str) -> None:
     assert format_reading(value, reference) == text
+
+
+class _BadFloat:
+    def __float__(self) -> float:
+        raise RuntimeError("a caller's broken __float__")
+
+
+@pytest.mark.parametrize("metric", ["latency", "sinkhorn_iterations", "acceptance"])
+def test_a_value_whose_float_conversion_raises_is_dropped_not_raised(metric: str) -> None:
+    monitor = GeometricSpeculationMonitor()
+    record = {
+        "latency": monitor.record_latency,
+        "sinkhorn_iterations": monitor.record_sinkhorn_iters,
+        "acceptance": monitor.record_acceptance,
+    }[metric]
+    record(_BadFloat())  # type: ignore[arg-type]
+    assert monitor.record_batch(metric, [_BadFloat(), 1.0]) == (1, {"invalid_type": 1})
+    assert monitor.rejected()[metric]["invalid_type"] == 2
+    assert monitor.window_values(metric) == [1.0]
+
+
+@pytest.mark.parametrize("value", ["abc", b"12", bytearray(b"12"), ""])
+def test_a_string_batch_is_one_value_of_the_wrong_type(value: object) -> None:
+    monitor = GeometricSpeculationMonitor()
+    assert monitor.record_batch("latency", value) == (0, {"invalid_type": 1})  # type: ignore[arg-type]
+    assert monitor.window_values("latency") == []

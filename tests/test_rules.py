@@ -177,13 +177,21 @@ def test_for_by_metric_overrides_the_default_pending_time() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "expected"),
-    [(0, "0s"), (1, "1s"), (90, "90s"), (0.25, "250ms"), (1.5, "1500ms"), (3600, "3600s")],
+    [
+        (0, "0s"),
+        (1, "1s"),
+        (90, "90s"),
+        (0.25, "250ms"),
+        (1.5, "1500ms"),
+        (3600, "3600s"),
+        (9e9, "9000000000s"),
+    ],
 )
 def test_format_duration(seconds: float, expected: str) -> None:
     assert format_duration(seconds) == expected
 
 
-@pytest.mark.parametrize("seconds", [-1.0, math.inf, math.nan, 0.0001])
+@pytest.mark.parametrize("seconds", [-1.0, math.inf, math.nan, 0.0001, 9e9 + 1, 1e20])
 def test_bad_durations_raise_usage_error(seconds: float) -> None:
     with pytest.raises(UsageError):
         generate_rules(AlertConfig(), for_seconds=seconds)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
+import socket
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -323,6 +326,23 @@ def test_non_finite_literals_are_dropped_and_counted(
     assert monitor.rejected()["latency"]["infinite"] == 2
 
 
+@pytest.mark.parametrize(
+    "number", [b"1e400", b"-1e400", b"9" * 5000, b"-" + b"9" * 400, b"1.5e999999"]
+)
+def test_numbers_beyond_the_float_range_are_dropped_as_infinite(
+    roomy: httpx.Client, monitor: GeometricSpeculationMonitor, number: bytes
+) -> None:
+    body = b'{"latency_ms": [%s, 12.5], "acceptance": [123456789012345678901234567890, 0.8]}'
+    r = post(roomy, body % number)
+    assert (r.status_code, r.json()) == (
+        200,
+        {"accepted": 2, "rejected": 2, "rejected_by_reason": {"infinite": 1, "out_of_range": 1}},
+    )
+    assert monitor.window_values("latency") == [12.5]
+    assert monitor.rejected()["latency"]["infinite"] == 1
+    assert monitor.rejected()["acceptance"]["out_of_range"] == 1
+
+
 def test_non_finite_literals_in_rows_are_dropped_and_counted(
     http: httpx.Client, monitor: GeometricSpeculationMonitor
 ) -> None:
@@ -452,3 +472,47 @@ def test_a_key_name_seen_again_as_a_value_is_no_repeat(
             "rejected_by_reason": rejected,
         },
     )
+
+
+# ----- 8. a client that leaves mid-body ------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_that_leaves_mid_body_is_one_debug_line_not_a_traceback(
+    monitor: GeometricSpeculationMonitor,
+) -> None:
+    records = _Records()
+    loggers = [logging.getLogger("uvicorn.error"), logging.getLogger("mhc_monitor.service")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(records)
+    loggers[1].setLevel(logging.DEBUG)
+    try:
+        with running(create_app(monitor)) as url:
+            port = int(url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(
+                    b"POST /v1/samples HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                    b'{"latency_ms": [1'
+                )
+            deadline = time.monotonic() + 5
+            while not any("client left" in r.getMessage() for r in records.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in records.records]
+                time.sleep(0.02)
+            with client(url) as c:
+                assert c.get("/healthz").status_code == 200
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(records)
+            logger.setLevel(level)
+    assert [r.levelname for r in records.records if r.levelno >= logging.WARNING] == []
+    assert nothing_recorded(monitor)

@@ -62,10 +62,16 @@ def generate_alertmanager_config(
     every alert goes to a receiver without integrations. The group timings are
     Alertmanager's `group_wait`, `group_interval` and `repeat_interval`. Raises
     `ConfigError` for an empty path or a webhook URL that is not http(s), and
-    `UsageError` for a negative group wait or a non-positive interval.
+    `UsageError` for a negative group wait, a non-positive interval or a Slack
+    channel without a Slack webhook.
     """
     _check_path("pagerduty_routing_key_file", pagerduty_routing_key_file)
     _check_path("slack_webhook_url_file", slack_webhook_url_file)
+    if slack_channel is not None and slack_webhook_url_file is None:
+        raise UsageError(
+            "slack_channel needs slack_webhook_url_file: without a webhook there is no "
+            "Slack receiver for the channel"
+        )
     if webhook_url is not None:
         _check_url(webhook_url)
     timing = _timing(group_wait_seconds, group_interval_seconds, repeat_interval_seconds)

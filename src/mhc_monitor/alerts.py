@@ -187,7 +187,10 @@ def _order_problems(spec: MetricSpec, values: list[tuple[str, float]]) -> list[s
     return problems
 
 
-def _statistic_problems(statistics: Mapping[str, str]) -> list[str]:
+def _statistic_problems(statistics: object) -> list[str]:
+    if not isinstance(statistics, Mapping):
+        kind = type(statistics).__name__
+        return [f"statistics must be a mapping of metric name to statistic, got {kind}"]
     problems = []
     for metric, stat in statistics.items():
         if metric not in MetricName.__members__.values():

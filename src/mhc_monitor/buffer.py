@@ -20,8 +20,10 @@ import numpy.typing as npt
 from .errors import UsageError
 from .metrics import FLOAT32_MAX
 
-__all__ = ["MetricsBuffer", "WindowStats", "percentile_of_sorted"]
+__all__ = ["MAX_CAPACITY", "MetricsBuffer", "WindowStats", "percentile_of_sorted"]
 
+#: The most samples a window holds: 10 million float32 values, 40 MB.
+MAX_CAPACITY = 10_000_000
 _NAN = math.nan
 
 
@@ -118,6 +120,8 @@ class MetricsBuffer:
     def __init__(self, capacity: int = 1000) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise UsageError(f"capacity must be a positive integer, got {capacity!r}")
+        if capacity > MAX_CAPACITY:
+            raise UsageError(f"capacity must be at most {MAX_CAPACITY} samples, got {capacity}")
         self._capacity = capacity
         self._data = array("f", bytes(4 * capacity))
         # A numpy view of the same memory (the array is never resized), made once.

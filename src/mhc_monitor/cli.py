@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -73,6 +74,16 @@ def _graceful_server_class() -> Any:
 
 def _GracefulServer(config: Any) -> Any:
     return _graceful_server_class()(config)
+
+
+class _Finite(click.FloatRange):
+    """A float range that also refuses NaN and infinities, which no option here means."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class _Server:
@@ -319,18 +330,18 @@ def serve(
     "--duration",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     help="Seconds to run; 0 runs until Ctrl-C.",
 )
 @click.option(
     "--degrade-after",
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     default=None,
     help="Switch to a weak draft model after this many seconds.",
 )
 @click.option(
     "--degrade-for",
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     default=None,
     help="Recover after degrading this long (default: stay degraded).",
 )
@@ -339,7 +350,7 @@ def serve(
     "--rate",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     help="Most engine steps per second; 0 runs as fast as one core allows.",
 )
 @click.option("--quiet", is_flag=True, help="Do not print the live summary.")
@@ -463,7 +474,7 @@ def send_test_alert_command(receiver_name: str, config_path: str | None) -> None
     "--flush-interval",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     help="Seconds a sample is held at most before its batch goes out, also while idle.",
 )
 @click.option(
@@ -587,14 +598,14 @@ _config_option = click.option(
 @click.option(
     "--for",
     "for_s",
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     default=None,
     help="Seconds a rule must hold before firing (default: the config's).",
 )
 @click.option(
     "--keep-firing-for",
     "keep_s",
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     default=None,
     help="Seconds a rule keeps firing once clear (default: the config's).",
 )
@@ -659,21 +670,21 @@ _grouping_options = [
         "--group-wait",
         default=30.0,
         show_default=True,
-        type=click.FloatRange(min=0),
+        type=_Finite(min=0),
         help="Seconds Alertmanager waits before a new group's first notification.",
     ),
     click.option(
         "--group-interval",
         default=300.0,
         show_default=True,
-        type=click.FloatRange(min=0, min_open=True),
+        type=_Finite(min=0, min_open=True),
         help="Seconds between notifications of a changed group.",
     ),
     click.option(
         "--repeat-interval",
         default=4 * 3600.0,
         show_default=True,
-        type=click.FloatRange(min=0, min_open=True),
+        type=_Finite(min=0, min_open=True),
         help="Seconds before an unchanged firing group is notified again.",
     ),
 ]
@@ -735,19 +746,19 @@ def alertmanager_config(
     "--scrape-interval",
     default=15.0,
     show_default=True,
-    type=click.FloatRange(min=1),
+    type=_Finite(min=1),
     help="Seconds between scrapes of the sidecars and Alertmanager.",
 )
 @click.option(
     "--evaluation-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Finite(min=0, min_open=True),
     default=None,
     help="Seconds between rule evaluations (default: the scrape interval).",
 )
 @click.option(
     "--for",
     "for_s",
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     default=None,
     help="Seconds a rule must hold before firing (default: the config's).",
 )
@@ -755,7 +766,7 @@ def alertmanager_config(
     "--down-for",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=_Finite(min=0),
     help="Seconds a sidecar may miss scrapes before MhcSidecarDown fires.",
 )
 @_with_receivers

@@ -64,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .alerts import AlertConfig, AlertLevel, threshold_field
 from .errors import ConfigError, DeliveryError, UsageError
 from .metrics import METRICS, MetricName
+from .monitor import MAX_LABELS, label_problem
 
 __all__ = [
     "DEFAULT_PAGERDUTY_URL",
@@ -285,7 +286,8 @@ _Level = float | Literal["off"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Strict: `for = true` is a mistake, not one second.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class _Thresholds(_Model):
@@ -342,7 +344,7 @@ class _Service(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = _DEFAULT_PORT
     token_file: str | None = None
     token_env: str = INGEST_TOKEN_ENV
-    store: str = DEFAULT_STORE_PATH
+    store: Annotated[str, Field(min_length=1)] = DEFAULT_STORE_PATH
 
 
 class _Monitor(_Model):
@@ -488,6 +490,7 @@ def parse_config(
         problems.raise_if_any()
         raise AssertionError("unreachable")
     alert_config = _alert_config(model, problems)
+    _cross_checks(model, problems)
     receivers, secret_files = _receivers(model, env, problems, path)
     token, token_files = _token(model.service, env, problems, path)
     problems.raise_if_any()
@@ -512,6 +515,24 @@ def parse_config(
         path=path,
         secret_files=secret_files + token_files,
     )
+
+
+def _cross_checks(model: _File, problems: _Problems) -> None:
+    """Problems no single key shows: the constant labels as the monitor checks them, and
+    the backoff range."""
+    if len(model.labels) > MAX_LABELS:
+        problems.add(("labels",), f"at most {MAX_LABELS} constant labels, got {len(model.labels)}")
+    for name, value in model.labels.items():
+        problem = label_problem(name, value)
+        if problem is not None:
+            problems.add(("labels", name), problem)
+    delivery = model.delivery
+    if delivery.backoff_initial > delivery.backoff_max:
+        problems.add(
+            ("delivery", "backoff_initial"),
+            f"{delivery.backoff_initial:g} s must not exceed backoff_max "
+            f"({delivery.backoff_max:g} s)",
+        )
 
 
 def _validate(raw: dict[str, Any], problems: _Problems) -> _File | None:

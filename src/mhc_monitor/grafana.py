@@ -114,12 +114,21 @@ def generate_grafana_panel(
 
     A time series plots each instance's window gauge of the evaluated statistic
     and the fleet quantiles; the single-value types show each instance's
-    current window gauge. Raises `UsageError` for an unknown metric or type.
+    current window gauge. Raises `UsageError` for an unknown metric or type, or a
+    panel id that is not a positive integer.
     """
     spec, kind = _checked(metric, panel_type)
+    if isinstance(panel_id, bool) or not isinstance(panel_id, int) or panel_id < 1:
+        raise UsageError(f"panel_id must be a positive integer, got {panel_id!r}")
+    _check_config(config)
     grid = dashboard_models.GridPos(h=8, w=12, x=0, y=0)
     panel = _metric_panel(spec, kind, panel_id, config or AlertConfig(), grid)
     return _to_json(panel.build())
+
+
+def _check_config(config: object) -> None:
+    if config is not None and not isinstance(config, AlertConfig):
+        raise UsageError(f"config must be an AlertConfig or None, got {type(config).__name__}")
 
 
 def dashboard_uid(title: str) -> str:
@@ -140,7 +149,11 @@ def generate_dashboard(
     by receiver and outcome). With `alertmanager_job`, the Prometheus job that
     scrapes Alertmanager, it shows Alertmanager's instead (alerts by state,
     attempts and failures by integration): in a fleet, Alertmanager delivers.
+    Raises `UsageError` for a title that is not a non-empty string.
     """
+    if not isinstance(title, str) or not title.strip():
+        raise UsageError(f"the dashboard title must be a non-empty string, got {title!r}")
+    _check_config(config)
     config = config or AlertConfig()
     builder = (
         dashboard_builders.Dashboard(title)

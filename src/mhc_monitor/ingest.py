@@ -12,8 +12,9 @@ shape) rejects the batch with a message naming it and records nothing. A value
 of the wrong kind (a string, null, NaN, out of range) is a bad sample, not a
 bad batch: it is dropped and counted per reason, like the library's calls.
 The literals NaN, Infinity and -Infinity, which Python's `json.dumps` writes,
-are such bad samples too. A key given twice in the batch object or in a row is
-refused: JSON parsers keep only one of them, losing samples without a word.
+are such bad samples too, and so is a number beyond the float range (1e400).
+A key given twice in the batch object or in a row is refused: JSON parsers
+keep only one of them, losing samples without a word.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
 INGEST_KEYS: tuple[str, ...] = tuple(spec.ingest_key for spec in METRICS)
 _NUMBER_TYPES = frozenset({float, int})
 _NON_FINITE = (b"NaN", b"Infinity")  # -Infinity contains the second
+_ORJSON_OVERFLOW = "number is infinity when parsed as double"
 _NON_FINITE_NOTE = "NaN, Infinity and -Infinity are accepted, as dropped samples"
 _ONCE = "send each key once (nothing was recorded)"
 
@@ -100,24 +102,34 @@ def decode_batch(raw: bytes) -> Any:
     """Decode a JSON body; NaN, Infinity and -Infinity literals decode to floats.
 
     orjson decodes ordinary bodies; only a body it refuses that contains one of
-    those literals is decoded again by `json`, which accepts them.
+    those literals, or a number beyond the float range (1e400), is decoded again
+    by `json`, which takes both: such numbers become infinities, dropped and
+    counted like any other infinite sample.
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if not any(literal in raw for literal in _NON_FINITE):
+        overflow = str(exc).startswith(_ORJSON_OVERFLOW)
+        if not overflow and not any(literal in raw for literal in _NON_FINITE):
             raise MalformedBatch(f"malformed JSON: {exc}") from exc
     return _decode_non_finite(raw)
 
 
+def _json_int(digits: str) -> int | float:
+    # As orjson reads them: an integer past 64 bits is a float (infinity past the float range;
+    # Python would refuse one of over 4300 digits).
+    return int(digits) if len(digits) <= 18 else float(digits)
+
+
 def _decode_non_finite(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_int=_json_int)
     except RecursionError as exc:
         # Python's recursion limit bounds the depth, a little below orjson's 1024 levels.
         raise MalformedBatch("malformed JSON: depth limit exceeded") from exc
     except json.JSONDecodeError as exc:
-        raise MalformedBatch(f"malformed JSON: {exc} ({_NON_FINITE_NOTE})") from exc
+        note = f" ({_NON_FINITE_NOTE})" if any(lit in raw for lit in _NON_FINITE) else ""
+        raise MalformedBatch(f"malformed JSON: {exc}{note}") from exc
     except ValueError as exc:  # not UTF-8, or an integer of over 4300 digits
         raise MalformedBatch(f"malformed JSON: {shorten(str(exc), 200)}") from exc
 

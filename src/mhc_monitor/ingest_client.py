@@ -20,6 +20,7 @@ Every POST is classified:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -34,7 +35,7 @@ import httpx
 import orjson
 
 from .errors import UsageError
-from .ingest import IngestError, parse_batch
+from .ingest import IngestError, decode_batch, parse_batch
 
 __all__ = ["IngestClient", "IngestReport"]
 
@@ -163,7 +164,18 @@ class IngestClient:
         return run.report
 
     def _post(self, columns: dict[str, list[Any]]) -> httpx.Response:
-        return self._client.post("/v1/samples", content=orjson.dumps(columns))
+        return self._client.post("/v1/samples", content=_encode(columns))
+
+
+def _encode(columns: dict[str, list[Any]]) -> bytes:
+    """The batch as JSON; NaN and infinities as the literals the sidecar counts by reason.
+
+    orjson writes them as null, which the sidecar could only count as of the wrong type.
+    """
+    body = orjson.dumps(columns)
+    if b"null" not in body:
+        return body
+    return json.dumps(columns, separators=(",", ":")).encode()
 
 
 class _Run:
@@ -244,13 +256,10 @@ class _Run:
         if not text.strip():
             return None
         try:
-            decoded = orjson.loads(text)
+            decoded = decode_batch(text.encode())
             if isinstance(decoded, dict) and "metric" in decoded and "samples" not in decoded:
                 decoded = {"samples": [decoded]}
             grouped = parse_batch(decoded)
-        except orjson.JSONDecodeError as exc:
-            self.bad(number, f"malformed JSON: {exc}")
-            return None
         except IngestError as exc:
             self.bad(number, str(exc))
             return None

@@ -33,7 +33,7 @@ from .alerts import (
     make_dedup_key,
     to_float32,
 )
-from .buffer import MetricsBuffer, WindowStats
+from .buffer import MAX_CAPACITY, MetricsBuffer, WindowStats
 from .errors import UsageError
 from .metrics import METRICS, Direction, MetricName, MetricSpec
 
@@ -47,6 +47,7 @@ __all__ = [
     "HistogramSnapshot",
     "MetricSummary",
     "MonitorSummary",
+    "label_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_LABELS = 16
 MAX_LABEL_VALUE_LENGTH = 256
 #: The most samples a metric's window holds: 10 million float32 values, 40 MB per metric.
-MAX_WINDOW = 10_000_000
+MAX_WINDOW = MAX_CAPACITY
 _LOG_EVERY_S = 60.0
 
 
@@ -157,7 +158,7 @@ class _Window(MetricsBuffer):
             v = float(value)
         except OverflowError:
             return "out_of_range", math.inf
-        except (TypeError, ValueError):
+        except Exception:  # a caller's __float__ may raise anything; the hot path must not
             return "invalid_type", 0.0
         if v != v:
             return "nan", v
@@ -180,7 +181,9 @@ class _Window(MetricsBuffer):
         if isinstance(values, np.ndarray):
             numeric = values.dtype.kind in "fiu"
         else:
-            if not isinstance(values, list | tuple):
+            if isinstance(values, str | bytes | bytearray):
+                values = [values]  # one value of the wrong type, not a batch of characters
+            elif not isinstance(values, list | tuple):
                 try:
                     values = list(values)
                 except TypeError:
@@ -426,7 +429,7 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _label_problem(name: object, value: object) -> str | None:
+def label_problem(name: object, value: object) -> str | None:
     """What is wrong with one constant label, or None.
 
     A label name is a Prometheus label name that the exposition does not use
@@ -452,7 +455,7 @@ def _validate_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
     if len(labels) > MAX_LABELS:
         raise UsageError(f"at most {MAX_LABELS} constant labels, got {len(labels)}")
     for name, value in labels.items():
-        problem = _label_problem(name, value)
+        problem = label_problem(name, value)
         if problem is not None:
             raise UsageError(f"label {name!r}: {problem}")
     return MappingProxyType(dict(labels))

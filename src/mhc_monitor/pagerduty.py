@@ -24,6 +24,7 @@ __all__ = [
     "ROUTING_KEY_LENGTH",
     "SUMMARY_MAX",
     "TRUNCATION_MARK",
+    "check_alert",
     "format_pagerduty_payload",
     "pagerduty_severity",
     "truncate",
@@ -75,6 +76,7 @@ def format_pagerduty_payload(alert: Alert, routing_key: str, *, action: str = "t
     never contains it), an unknown action, a naive timestamp or a dedup key
     PagerDuty would refuse.
     """
+    check_alert(alert)
     _check_routing_key(routing_key)
     _check_dedup_key(alert.dedup_key)
     if action not in ACTIONS:
@@ -89,6 +91,12 @@ def format_pagerduty_payload(alert: Alert, routing_key: str, *, action: str = "t
         event["client"] = _CLIENT
         event["payload"] = _payload(alert)
     return json.dumps(event, ensure_ascii=False, allow_nan=False)
+
+
+def check_alert(alert: object) -> None:
+    """Raise `UsageError` unless `alert` is an `Alert`: a payload is built from nothing else."""
+    if not isinstance(alert, Alert):
+        raise UsageError(f"alert must be an mhc_monitor.Alert, got {type(alert).__name__}")
 
 
 def _check_routing_key(routing_key: object) -> None:

@@ -30,6 +30,7 @@ from .metrics import METRICS, Direction, MetricName, MetricSpec
 
 __all__ = [
     "ALERTS_GROUP",
+    "MAX_DURATION_S",
     "RECORDING_GROUP",
     "SEVERITY_BY_LEVEL",
     "SIDECAR_DOWN_ALERT",
@@ -53,6 +54,8 @@ SEVERITY_BY_LEVEL: Mapping[AlertLevel, str] = {
     AlertLevel.EMERGENCY: "critical",
 }
 
+#: Longest duration written: Prometheus and Alertmanager read durations as int64 nanoseconds.
+MAX_DURATION_S = 9_000_000_000
 _RATE_WINDOW = "5m"
 # Labels an alert has beyond its gauge's: the rule's own and the ones Prometheus adds.
 _ALERT_ONLY_LABELS = "alertname, alertstate, level, metric, severity"
@@ -86,6 +89,11 @@ def format_duration(seconds: float) -> str:
     """A Prometheus duration for a number of seconds, to the millisecond ("90s", "1500ms")."""
     if not math.isfinite(seconds) or seconds < 0:
         raise UsageError(f"a duration must be a finite number of seconds >= 0, got {seconds!r}")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(
+            f"a duration must be at most {MAX_DURATION_S} s (about 285 years, what Prometheus "
+            f"and Alertmanager can read), got {seconds!r}"
+        )
     millis = round(seconds * 1000)
     if millis == 0 and seconds > 0:
         raise UsageError(f"a duration must be at least 1 ms, got {seconds!r} s")

@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -233,6 +233,10 @@ class _Sidecar:
         except zlib.error as exc:
             assert inflater is not None
             return _error(400, f"the body is not valid {inflater.encoding} data: {exc}")
+        except ClientDisconnect:
+            # Nobody reads the answer; the client knows its batch was not sent whole.
+            logger.debug("client left after %d bytes of its body; nothing recorded", received)
+            return _error(400, "the client disconnected before the body ended; nothing recorded")
         return b"".join(chunks)
 
 

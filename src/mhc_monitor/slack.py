@@ -21,7 +21,7 @@ from typing import Any
 from .alerts import Alert, AlertLevel
 from .errors import UsageError
 from .metrics import MetricName
-from .pagerduty import TRUNCATION_MARK
+from .pagerduty import TRUNCATION_MARK, check_alert
 
 __all__ = [
     "ATTACHMENTS_MAX",
@@ -82,6 +82,7 @@ def format_slack_payload(
     given (most webhooks are bound to one). Raises `UsageError` for an empty or
     overlong channel.
     """
+    check_alert(alert)
     level = AlertLevel(alert.level)
     headline = _headline(alert, level, resolved)
     message = alert.message.strip()
@@ -145,7 +146,9 @@ def _escape_within(text: str, limit: int) -> str:
     return "".join(pieces) + TRUNCATION_MARK
 
 
-def _checked_channel(channel: str) -> str:
+def _checked_channel(channel: object) -> str:
+    if not isinstance(channel, str):
+        raise UsageError(f"Slack channel must be a string or None, got {type(channel).__name__}")
     name = channel.strip()
     if not name:
         raise UsageError("Slack channel is empty; pass None to use the webhook's own channel")
