@@ -544,6 +544,23 @@ def test_a_line_over_the_sidecars_body_limit_is_named() -> None:
     assert monitor.window_values("latency") == [1.0, 2.0]
 
 
+def test_a_line_of_more_samples_than_batch_size_goes_in_pieces() -> None:
+    monitor = GeometricSpeculationMonitor(window=40_000)
+    values = [float(v % 997) for v in range(30_000)]
+    data = lines({"latency_ms": values, "acceptance": [0.5, 0.75]})
+    # One request with the whole line would be refused: 30 000 samples are ~150 kB.
+    with sidecar(monitor, max_body_bytes=64 * 1024) as url:
+        done = run_ingest(url, data, "--batch-size", "10000")
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        "delivered 30002 samples: 30002 accepted, 0 rejected\n",
+        "",
+    )
+    assert monitor.window_values("latency") == values
+    assert monitor.window_values("acceptance") == [0.5, 0.75]
+
+
 def overloaded(first: int) -> Callable[[int, bytes], tuple[int, str] | None]:
     """A sidecar that answers 503 to its first `first` requests."""
     return lambda n, body: (503, "overloaded") if n <= first else None

@@ -468,7 +468,8 @@ def send_test_alert_command(receiver_name: str, config_path: str | None) -> None
     default=10000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Samples per request: a batch goes out once it holds this many.",
+    help="Samples per request: a batch goes out once it holds this many; a line with "
+    "more is cut into requests of this size.",
 )
 @click.option(
     "--flush-interval",

@@ -3,7 +3,8 @@
 Input is read as bytes and decoded line by line, so a line that is not UTF-8,
 not JSON or not a sample batch is reported and skipped while the others go.
 Samples are held until they reach `batch_size` or the oldest held line is
-`flush_interval` seconds old, also while the input is idle (`tail -F`). When a
+`flush_interval` seconds old, also while the input is idle (`tail -F`); a
+line of more than `batch_size` samples goes in pieces of that size. When a
 stop is asked for, what is held, and what a pipe already holds, is sent first.
 
 Every POST is classified:
@@ -178,6 +179,27 @@ def _encode(columns: dict[str, list[Any]]) -> bytes:
     return json.dumps(columns, separators=(",", ":")).encode()
 
 
+def _pieces(line: _Line, most: int) -> Iterator[_Line]:
+    """`line` cut into pieces of at most `most` samples, so a long line fits in requests."""
+    if line.size <= most:
+        yield line
+        return
+    piece: dict[str, list[Any]] = {}
+    room = most
+    for key, values in line.columns.items():
+        start = 0
+        while start < len(values):
+            taken = values[start : start + room]
+            piece.setdefault(key, []).extend(taken)
+            start += len(taken)
+            room -= len(taken)
+            if room == 0:
+                yield _Line(line.number, piece, most)
+                piece, room = {}, most
+    if piece:
+        yield _Line(line.number, piece, most - room)
+
+
 class _Run:
     """One stream's state: held lines, the report, the last delivery failure told."""
 
@@ -239,12 +261,13 @@ class _Run:
         line = self.parse(number, raw)
         if line is None or not line.size:
             return
-        if not self.held:
-            self.oldest = time.monotonic()
-        self.held.append(line)
-        self.held_size += line.size
-        if self.held_size >= self.options.batch_size:
-            self.flush()
+        for piece in _pieces(line, self.options.batch_size):
+            if not self.held:
+                self.oldest = time.monotonic()
+            self.held.append(piece)
+            self.held_size += piece.size
+            if self.held_size >= self.options.batch_size:
+                self.flush()
 
     def parse(self, number: int, raw: bytes) -> _Line | None:
         try:
