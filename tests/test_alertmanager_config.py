@@ -6,6 +6,7 @@ import math
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -362,3 +363,30 @@ def test_a_slack_channel_without_a_slack_webhook_is_refused() -> None:
             webhook_url=None,
             slack_channel="#x",
         )
+
+
+def test_the_cli_writes_secret_paths_absolute(tmp_path: Path) -> None:
+    """Alertmanager 0.25 reads a relative path from its working folder, not the file's."""
+    (tmp_path / "secrets").mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mhc_monitor",
+            "alertmanager-config",
+            "--pagerduty-routing-key-file",
+            "secrets/pd.key",
+            "--slack-webhook-url-file",
+            "/run/secrets/slack.url",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    receivers = {r["name"]: r for r in yaml.safe_load(done.stdout)["receivers"]}
+    pagerduty = receivers["mhc-pagerduty"]["pagerduty_configs"][0]
+    slack = receivers["mhc-slack"]["slack_configs"][0]
+    assert pagerduty["routing_key_file"] == str(tmp_path / "secrets" / "pd.key")
+    assert slack["api_url_file"] == "/run/secrets/slack.url"

@@ -203,3 +203,42 @@ def test_export_command_passes_intervals_timings_and_the_config_lifecycle(tmp_pa
     assert datasource["jsonData"] == {"timeInterval": "2s"}
     provider = _yaml(out / "grafana/provisioning/dashboards/mhc.yml")["providers"][0]
     assert provider["options"]["path"] == "/var/lib/grafana/mhc"
+
+
+@pytest.mark.parametrize(
+    ("pd_url", "channel_option", "expected_url", "expected_channel"),
+    [
+        ("http://127.0.0.1:9/pd/enqueue", [], "http://127.0.0.1:9/pd/enqueue", "#mhc"),
+        ("https://events.pagerduty.com/v2/enqueue", ["--slack-channel", "#ops"], None, "#ops"),
+    ],
+)
+def test_export_takes_the_configured_pagerduty_url_and_slack_channel(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pd_url: str,
+    channel_option: list[str],
+    expected_url: str | None,
+    expected_channel: str,
+) -> None:
+    from click.testing import CliRunner
+
+    from mhc_monitor.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MHC_PAGERDUTY_ROUTING_KEY", "a" * 32)
+    monkeypatch.setenv("MHC_SLACK_WEBHOOK_URL", "https://hooks.slack.test/services/T/B/x")
+    config = tmp_path / "mhc.toml"
+    config.write_text(
+        f'[receivers.pagerduty]\nurl = "{pd_url}"\n\n[receivers.slack]\nchannel = "#mhc"\n'
+    )
+    arguments = ["export", "out", "--config", str(config), "--target", "127.0.0.1:9401"]
+    arguments += ["--pagerduty-routing-key-file", "pd.key", "--slack-webhook-url-file", "s.url"]
+    result = CliRunner().invoke(main, arguments + channel_option)
+    assert result.exit_code == 0, result.output
+
+    receivers = {r["name"]: r for r in _yaml(tmp_path / "out" / "alertmanager.yml")["receivers"]}
+    pagerduty = receivers["mhc-pagerduty"]["pagerduty_configs"][0]
+    slack = receivers["mhc-slack"]["slack_configs"][0]
+    assert pagerduty.get("url") == expected_url
+    assert pagerduty["routing_key_file"] == str(tmp_path / "pd.key")
+    assert (slack["channel"], slack["api_url_file"]) == (expected_channel, str(tmp_path / "s.url"))

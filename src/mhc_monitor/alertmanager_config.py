@@ -7,8 +7,8 @@ a lower level while a higher level of the same metric and instance fires.
 
 Secrets are never written into the file: PagerDuty's routing key and Slack's
 webhook URL are referenced by path (`routing_key_file`, `api_url_file`), and
-Alertmanager reads them when it sends. Relative paths are resolved by
-Alertmanager against the folder of the configuration file.
+Alertmanager reads them when it sends. Alertmanager 0.25 reads a relative path
+from its own working folder, so give absolute paths (the CLI writes them so).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def generate_alertmanager_config(
     slack_webhook_url_file: str | None,
     webhook_url: str | None,
     slack_channel: str | None = None,
+    pagerduty_url: str | None = None,
     group_wait_seconds: float = 30,
     group_interval_seconds: float = 300,
     repeat_interval_seconds: float = 4 * 3600,
@@ -60,7 +61,9 @@ def generate_alertmanager_config(
 
     Each receiver is included only when its argument is given; with none at all,
     every alert goes to a receiver without integrations. The group timings are
-    Alertmanager's `group_wait`, `group_interval` and `repeat_interval`. Raises
+    Alertmanager's `group_wait`, `group_interval` and `repeat_interval`.
+    `pagerduty_url` is the Events API v2 enqueue URL, for an endpoint other than
+    Alertmanager's default (PagerDuty's EU service, a proxy). Raises
     `ConfigError` for an empty path or a webhook URL that is not http(s), and
     `UsageError` for a negative group wait, a non-positive interval or a Slack
     channel without a Slack webhook.
@@ -73,12 +76,16 @@ def generate_alertmanager_config(
             "Slack receiver for the channel"
         )
     if webhook_url is not None:
-        _check_url(webhook_url)
+        _check_url("webhook_url", webhook_url)
+    if pagerduty_url is not None:
+        _check_url("pagerduty_url", pagerduty_url)
     timing = _timing(group_wait_seconds, group_interval_seconds, repeat_interval_seconds)
 
     receivers = _receivers(
         pagerduty_routing_key_file, slack_webhook_url_file, webhook_url, slack_channel
     )
+    if pagerduty_url is not None and pagerduty_routing_key_file is not None:
+        receivers[1]["pagerduty_configs"][0]["url"] = pagerduty_url
     names = [receiver["name"] for receiver in receivers]
     document = {
         "route": _route(names, timing),
@@ -94,11 +101,11 @@ def _check_path(name: str, path: str | None) -> None:
         raise ConfigError(f"{name} must be a file path, got an empty string")
 
 
-def _check_url(url: str) -> None:
+def _check_url(name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         # The URL itself is not repeated: it may carry a token.
-        raise ConfigError("webhook_url must be an absolute http(s) URL")
+        raise ConfigError(f"{name} must be an absolute http(s) URL")
 
 
 def _timing(wait: float, interval: float, repeat: float) -> dict[str, str]:

@@ -652,9 +652,26 @@ def _echo_generated(generate: Any) -> None:
     click.echo(text, nl=False)
 
 
+def _absolute(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Alertmanager 0.25 reads a relative secret path from its own working folder, not the
+    # config file's: written absolute, the file is found wherever Alertmanager starts.
+    if value is None or not value.strip():
+        return value
+    return os.path.abspath(value)
+
+
+_SECRET_PATH_HELP = " (a relative path is written absolute, from the current folder)."
 _receiver_options = [
-    click.option("--pagerduty-routing-key-file", help="File holding the PagerDuty routing key."),
-    click.option("--slack-webhook-url-file", help="File holding the Slack webhook URL."),
+    click.option(
+        "--pagerduty-routing-key-file",
+        callback=_absolute,
+        help="File holding the PagerDuty routing key" + _SECRET_PATH_HELP,
+    ),
+    click.option(
+        "--slack-webhook-url-file",
+        callback=_absolute,
+        help="File holding the Slack webhook URL" + _SECRET_PATH_HELP,
+    ),
     click.option("--webhook-url", help="A generic webhook receiver for info alerts."),
     click.option("--slack-channel", help="Slack channel override."),
 ]
@@ -796,6 +813,9 @@ def export(
     from .bundle import export_bundle
 
     settings = _load_settings(config_path)
+    pagerduty_url, slack_channel = _receivers_from_config(
+        settings, slack_channel, slack_webhook_url_file
+    )
     try:
         paths = export_bundle(
             directory,
@@ -813,6 +833,7 @@ def export(
             slack_webhook_url_file=slack_webhook_url_file,
             webhook_url=webhook_url,
             slack_channel=slack_channel,
+            pagerduty_url=pagerduty_url,
             group_wait_seconds=group_wait,
             group_interval_seconds=group_interval,
             repeat_interval_seconds=repeat_interval,
@@ -821,6 +842,22 @@ def export(
         raise click.ClickException(str(exc)) from None
     for path in paths:
         click.echo(path)
+
+
+def _receivers_from_config(
+    settings: Settings, slack_channel: str | None, slack_webhook_url_file: str | None
+) -> tuple[str | None, str | None]:
+    """What the bundle's Alertmanager takes from the configured receivers: a PagerDuty
+    URL other than the default, and the Slack channel unless `--slack-channel` names one."""
+    from .config import DEFAULT_PAGERDUTY_URL
+
+    receivers = settings.alerting.receivers
+    pagerduty = next((r for r in receivers if r.kind == "pagerduty"), None)
+    slack = next((r for r in receivers if r.kind == "slack"), None)
+    url = pagerduty.url if pagerduty is not None else None
+    if slack_channel is None and slack is not None and slack_webhook_url_file is not None:
+        slack_channel = slack.channel
+    return (None if url == DEFAULT_PAGERDUTY_URL else url), slack_channel
 
 
 if __name__ == "__main__":  # pragma: no cover
