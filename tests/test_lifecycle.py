@@ -225,3 +225,45 @@ def test_float32_comparison_matches_the_recorded_samples() -> None:
     run(life, "acceptance", [0.69])
     resolved = life.step(5.0, [evaluation("acceptance", to_float32(0.714))])
     assert events(resolved) == [("resolve", "WARNING")]
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "messages"),
+    [
+        (
+            # Critical at 0.45; 0.72 is within the warning threshold 0.7 but short of
+            # its clear threshold 0.735: held at warning, and the message says so.
+            "acceptance",
+            [0.45, 0.72],
+            [
+                "acceptance mean 0.45 is below the critical threshold 0.5",
+                "acceptance mean 0.72 has not yet cleared 0.735, the clear threshold of the "
+                "warning level (threshold 0.7)",
+            ],
+        ),
+        (
+            # 0.6 is really below the warning threshold: a plain crossing.
+            "acceptance",
+            [0.45, 0.6],
+            [
+                "acceptance mean 0.45 is below the critical threshold 0.5",
+                "acceptance mean 0.6 is below the warning threshold 0.7",
+            ],
+        ),
+        (
+            "latency",
+            [120.0, 48.0],
+            [
+                "latency mean 120 ms is above the critical threshold 100 ms",
+                "latency mean 48 ms has not yet cleared 47.5 ms, the clear threshold of the "
+                "warning level (threshold 50 ms)",
+            ],
+        ),
+    ],
+)
+def test_de_escalation_messages_say_why_the_level_holds(
+    metric: str, values: list[float], messages: list[str]
+) -> None:
+    life = lifecycle(clear_margin=0.05, no_data_after_s=None)
+    transitions = [t for t in run(life, metric, values) if t.event is not None]
+    assert [t.alert.message for t in transitions] == messages

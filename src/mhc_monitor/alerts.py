@@ -28,6 +28,7 @@ __all__ = [
     "clear_threshold",
     "describe_clearing",
     "describe_crossing",
+    "describe_holding",
     "format_reading",
     "make_dedup_key",
     "to_float32",
@@ -251,6 +252,25 @@ def describe_crossing(
     return (
         f"{spec.name} {shown} {format_reading(shown_value, threshold)}{unit} is {relation} "
         f"the {level.name.lower()} threshold {threshold:g}{unit}"
+    )
+
+
+def describe_holding(
+    spec: MetricSpec,
+    statistic: str,
+    value: float,
+    level: AlertLevel,
+    threshold: float,
+    clear: float,
+) -> str:
+    """A one-line human message for an alert held at `level` by hysteresis: the value is
+    back within the level's threshold but not yet past its clear threshold."""
+    unit = _unit(spec)
+    shown, shown_value = _shown(spec, statistic, value)
+    return (
+        f"{spec.name} {shown} {format_reading(shown_value, clear)}{unit} has not yet cleared "
+        f"{clear:.6g}{unit}, the clear threshold of the {level.name.lower()} level "
+        f"(threshold {threshold:g}{unit})"
     )
 
 

@@ -32,6 +32,7 @@ from ..alerts import (
     clear_threshold,
     describe_clearing,
     describe_crossing,
+    describe_holding,
     make_dedup_key,
     to_float32,
 )
@@ -278,12 +279,16 @@ class Lifecycle:
         track.clear_since = None
         if level != current.level:
             threshold = self._threshold_of(ev.metric, level)
+            if level == ev.level:
+                message = self._crossing(ev.metric, ev.value, level, threshold)
+            else:
+                message = self._holding(ev.metric, ev.value, level, threshold)
             updated = replace(
                 current,
                 level=level,
                 value=ev.value,
                 threshold=threshold,
-                message=self._crossing(ev.metric, ev.value, level, threshold),
+                message=message,
                 last_sent=now,
             )
             track.active = updated
@@ -330,6 +335,11 @@ class Lifecycle:
     def _crossing(self, metric: MetricName, value: float, level: AlertLevel, t: float) -> str:
         statistic = self.config.statistic(metric)
         return describe_crossing(spec_for(metric), statistic, value, level, t)
+
+    def _holding(self, metric: MetricName, value: float, level: AlertLevel, t: float) -> str:
+        clear = clear_threshold(metric, t, self.settings.margin_of(metric))
+        statistic = self.config.statistic(metric)
+        return describe_holding(spec_for(metric), statistic, value, level, t, clear)
 
     # no-data alerts ---------------------------------------------------------------------
 
