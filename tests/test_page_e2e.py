@@ -380,3 +380,42 @@ def test_the_page_says_when_the_sidecar_stops_answering(browser: Browser) -> Non
     assert browser.page.inner_text("#status").startswith("○ stale: no answer for ")
     assert browser.page.locator("#chart-acceptance").count() == 1
     assert browser.dialogs == []
+
+
+class NoDataAlerts(HostileAlerts):
+    """An alert source with a firing no-data alert for latency, as a stalled engine gives."""
+
+    def alerts_view(self) -> dict[str, Any]:
+        view = super().alerts_view()
+        view["active"] = [
+            {
+                "metric": "latency",
+                "kind": "no_data",
+                "level": "critical",
+                "state": "firing",
+                "value": 8.5,
+                "threshold": 3.0,
+                "message": "latency has received no samples for 8.5 s",
+                "age_seconds": 5.5,
+            }
+        ]
+        view["receivers"] = {}
+        return view
+
+
+def test_a_no_data_alert_sets_the_level_so_a_stalled_engine_does_not_read_ok(
+    browser: Browser,
+) -> None:
+    monitor = GeometricSpeculationMonitor()
+    for _ in range(20):
+        monitor.record_latency(5.0)  # a healthy window, then silence
+        monitor.record_acceptance(0.9)
+    with running(create_app(monitor, alerting=NoDataAlerts())) as url:
+        browser.page.goto(url + "/", wait_until="load", timeout=30_000)
+        browser.wait(ACTIVE_ROW, arg="latency", timeout=10)
+        assert browser.evaluate(BADGE, "latency")["level"] == "critical"
+        assert browser.evaluate(BADGE, "acceptance")["level"] == "info"
+        assert browser.evaluate(BADGE, "overall")["level"] == "critical"
+        cells = browser.page.locator('#active tr[data-metric="latency"] td').all_inner_texts()
+        assert cells[3:5] == ["8.5 s", "3 s"]
+    assert browser.errors == []

@@ -258,7 +258,8 @@
 
   function renderHeader() {
     const { summary, view } = state;
-    replace(document.getElementById("overall"), badge(summary.level, "badge-overall"));
+    const overall = worse(summary.level, noDataLevel(null));
+    replace(document.getElementById("overall"), badge(overall, "badge-overall"));
     const labels = Object.entries(summary.labels || {}).map(([k, v]) => {
       const item = el("li", null, k + "=" + v);
       item.title = k + "=" + v;
@@ -272,7 +273,25 @@
 
   function levelOf(name) {
     const m = state.summary.metrics[name];
-    return m ? m.level : state.meta.metrics[name].level;
+    return worse(m ? m.level : state.meta.metrics[name].level, noDataLevel(name));
+  }
+
+  const LEVEL_ORDER = ["info", "warning", "critical", "emergency"];
+
+  function worse(a, b) {
+    return LEVEL_ORDER.indexOf(b) > LEVEL_ORDER.indexOf(a) ? b : a;
+  }
+
+  // A metric that stopped receiving samples has an empty or stale window that reads
+  // healthy: its firing no-data alert sets the level, so a dead engine does not look OK.
+  function noDataLevel(name) {
+    let level = "info";
+    for (const a of state.alerts.active || []) {
+      if (a.kind === "no_data" && a.state === "firing" && (name === null || a.metric === name)) {
+        level = worse(level, a.level);
+      }
+    }
+    return level;
   }
 
   function renderLevels() {
@@ -526,8 +545,9 @@
         cell(badge(a.level)),
         cell(a.metric),
         cell(a.message, "message"),
-        cell(withUnit(a.value, m.unit), "num"),
-        cell(withUnit(a.threshold, m.unit), "num"),
+        // A no-data alert's value and threshold are seconds without samples.
+        cell(withUnit(a.value, a.kind === "no_data" ? "s" : m.unit), "num"),
+        cell(withUnit(a.threshold, a.kind === "no_data" ? "s" : m.unit), "num"),
         cell(a.state || "firing"),
         cell(duration(age), "num"),
       );
