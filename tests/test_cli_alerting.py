@@ -471,8 +471,9 @@ def test_send_test_alert_fails_clearly_against_a_refused_port(tmp_path: Path) ->
     )
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (
-        "Error: test alert not delivered: pagerduty: trigger retryable: network; "
-        "resolve retryable: network\n"
+        "Error: test alert not delivered: pagerduty: trigger retryable: network "
+        "(connection failed: refused, or no route to the receiver); "
+        "resolve retryable: network (connection failed: refused, or no route to the receiver)\n"
     )
 
 

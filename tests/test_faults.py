@@ -555,7 +555,11 @@ def test_receivers_slower_than_the_timeout_cost_no_memory_no_hot_path_time_and_n
     assert max(scrapes) < 2.0, scrapes
     # Each receiver's failure is logged once, and so is its end.
     for name in ("pagerduty", "slack"):
-        failed = re.findall(rf"WARNING \S+: delivery to {name} failed: retryable: timeout;", log)
+        failed = re.findall(
+            rf"WARNING \S+: delivery to {name} failed: retryable: timeout \(no answer within "
+            r"the timeout\);",
+            log,
+        )
         assert len(failed) == 1, log[-3000:]
         assert log.count(f"delivery to {name} works again") == 1
     assert "Traceback" not in log

@@ -53,13 +53,29 @@ class AttemptResult:
     reason: str
     status: int | None = None
     retry_after: float | None = None
+    #: What failed below HTTP, as the HTTP client's error class ("ConnectError").
+    detail: str | None = None
 
     def describe(self) -> str:
         """A short human description, with no secret in it."""
         status = f" (HTTP {self.status})" if self.status is not None else ""
         if self.outcome == "delivered":
             return f"delivered{status}"
-        return f"{self.outcome}: {self.reason}{status}"
+        detail = f" ({_DETAILS.get(self.detail, self.detail)})" if self.detail else ""
+        return f"{self.outcome}: {self.reason}{status}{detail}"
+
+
+# The error's class names what failed; its message is not shown, as it may hold the URL.
+_DETAILS = {
+    "ConnectError": "connection failed: refused, or no route to the receiver",
+    "ConnectTimeout": "no connection within the timeout",
+    "ReadTimeout": "no answer within the timeout",
+    "WriteTimeout": "could not send within the timeout",
+    "PoolTimeout": "no free connection within the timeout",
+    "ReadError": "the connection broke while reading the answer",
+    "WriteError": "the connection broke while sending",
+    "RemoteProtocolError": "the receiver broke the HTTP protocol or closed the connection",
+}
 
 
 def classify_status(status: int) -> tuple[str, str]:
@@ -170,13 +186,13 @@ class _HttpNotifier:
                 content=body.encode("utf-8"),
                 headers={"Content-Type": "application/json"},
             )
-        except httpx.TimeoutException:
-            return AttemptResult("retryable", "timeout")
+        except httpx.TimeoutException as exc:
+            return AttemptResult("retryable", "timeout", detail=type(exc).__name__)
         except httpx.TransportError as exc:
             reason = "network" if isinstance(exc, httpx.NetworkError) else "transport"
-            return AttemptResult("retryable", reason)
-        except httpx.HTTPError:
-            return AttemptResult("retryable", "network")
+            return AttemptResult("retryable", reason, detail=type(exc).__name__)
+        except httpx.HTTPError as exc:
+            return AttemptResult("retryable", "network", detail=type(exc).__name__)
         outcome, reason = classify_status(response.status_code)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return AttemptResult(outcome, reason, response.status_code, retry_after)
