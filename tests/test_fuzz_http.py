@@ -122,6 +122,9 @@ def test_description_lists_every_ingest_key_and_reason() -> None:
     assert "401" not in document["paths"]["/v1/samples"]["post"]["responses"]
     secured = openapi_document(token_required=True, max_body_bytes=MAX_BODY_BYTES)
     assert secured["paths"]["/v1/samples"]["post"]["security"] == [{"bearer": []}]
+    series = document["paths"]["/v1/series"]["get"]
+    assert [p["name"] for p in series["parameters"]] == ["after"]
+    assert sorted(series["responses"]) == ["200", "400"]
 
 
 # ----- hypothesis bodies, over a real server on loopback --------------------------------------

@@ -226,6 +226,36 @@ def _samples_operation(token_required: bool, max_body_bytes: int) -> dict[str, A
     return {"post": operation}
 
 
+def _series_operation() -> dict[str, Any]:
+    view = {
+        "type": "object",
+        "required": ["seq", "now", "keep_seconds", "interval_seconds", "metrics", "ticks"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 0},
+            "ticks": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    after = {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "Only snapshots with a greater sequence number (default 0: all kept). "
+        "A number beyond any sequence number gives none.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    return {
+        "get": {
+            "summary": "The live page's data: one snapshot a second of each metric, kept "
+            "for a few minutes",
+            "parameters": [after],
+            "responses": {
+                "200": _json(view, "Snapshots newer than `after`."),
+                "400": _error("`after` is not a non-negative integer."),
+            },
+        }
+    }
+
+
 def openapi_document(*, token_required: bool, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a sidecar configured with these settings."""
     metrics_text = {
@@ -252,6 +282,7 @@ def openapi_document(*, token_required: bool, max_body_bytes: int) -> dict[str, 
             "/v1/alerts": _get(
                 "Active alerts and recent history", _json(_ref("Alerts"), "Alerts now.")
             ),
+            "/v1/series": _series_operation(),
             "/v1/samples": _samples_operation(token_required, max_body_bytes),
             "/openapi.json": _get(
                 "This description", _json({"type": "object"}, "The OpenAPI document.")
