@@ -219,6 +219,22 @@ def test_restored_firing_alert_resolves_when_it_clears() -> None:
     assert resolved[0].dedup_key == active[0].dedup_key
 
 
+def test_a_restored_alert_with_no_samples_since_the_restart_adds_a_no_data_alert() -> None:
+    first = lifecycle(no_data_after_s=None)
+    run(first, "latency", [200.0])
+    second = lifecycle(no_data_after_s=60.0)
+    second.restore(first.active())
+    # The new process's window is empty and its sample count 0.
+    assert second.step(5000.0, [evaluation("latency", math.nan, total=0)]) == []
+    assert second.step(5059.0, [evaluation("latency", math.nan, total=0)]) == []
+    fired = second.step(5060.0, [evaluation("latency", math.nan, total=0)])
+    assert [(t.kind, t.event) for t in fired] == [(AlertKind.NO_DATA, EventKind.TRIGGER)]
+    assert fired[0].alert.message == "latency has received no samples for 60 s (limit 60 s)"
+    # A sample resolves the no-data alert; the restored threshold alert goes on from it.
+    later = second.step(5061.0, [evaluation("latency", 130.0, total=1)])
+    assert [(t.kind, t.event) for t in later] == [(AlertKind.NO_DATA, EventKind.RESOLVE)]
+
+
 def test_float32_comparison_matches_the_recorded_samples() -> None:
     # 0.714 recorded is float32(0.714); it must count as back at the clear threshold.
     life = lifecycle(clear_margin=0.02, no_data_after_s=None)

@@ -188,7 +188,9 @@ class Lifecycle:
         """Take up firing alerts from a previous run, so they resolve when they clear.
 
         Pending alerts start over. A restored no-data alert keeps firing until a
-        sample arrives.
+        sample arrives. A metric with a restored threshold alert counts as having
+        had samples, quiet from the restart: if none arrive, its no-data alert fires
+        too, rather than the old alert standing for a live engine.
         """
         for alert in alerts:
             if alert.state is not AlertState.FIRING:
@@ -197,6 +199,8 @@ class Lifecycle:
             if alert.kind is AlertKind.NO_DATA:
                 quiet_since = alert.since - (self.settings.no_data_after_s or 0.0)
                 self._data[alert.metric] = _Data(None, quiet_since, True)
+            else:
+                self._data.setdefault(alert.metric, _Data(None, math.nan, True))
 
     def step(self, now: float, evaluations: Iterable[Evaluation]) -> list[Transition]:
         """Advance every alert to `now` (seconds since the epoch) and return the transitions."""
@@ -348,7 +352,7 @@ class Lifecycle:
         data = self._data.setdefault(ev.metric, _Data())
         if data.total is None:
             # First sight: a restored no-data alert keeps the quiet time it had.
-            if not data.had_data:
+            if not data.had_data or math.isnan(data.changed):
                 data.changed = now
             data.total = ev.samples_total
             data.had_data = data.had_data or ev.samples_total > 0
