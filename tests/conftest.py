@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from receivers import PagerDutyReceiver, SlackReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MHC_SHARED_DIR", ROOT.parent / "shared"))
@@ -42,3 +45,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped, but every test must run here: {reason}"
+
+
+# Local receivers enforcing PagerDuty's and Slack's contracts: one server per test module,
+# emptied of records and faults before each test.
+
+
+@pytest.fixture(scope="module")
+def pagerduty_server() -> Iterator[PagerDutyReceiver]:
+    with PagerDutyReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def pagerduty(pagerduty_server: PagerDutyReceiver) -> PagerDutyReceiver:
+    """The module's PagerDuty receiver, with no records or faults left by an earlier test."""
+    pagerduty_server.reset()
+    return pagerduty_server
+
+
+@pytest.fixture(scope="module")
+def slack_server() -> Iterator[SlackReceiver]:
+    with SlackReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def slack(slack_server: SlackReceiver) -> SlackReceiver:
+    """The module's Slack receiver, with no records or faults left by an earlier test."""
+    slack_server.reset()
+    return slack_server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -66,19 +66,6 @@ def event_of(alert: Alert, action: str = "trigger") -> dict[str, Any]:
         format_pagerduty_payload(alert, ROUTING_KEY, action=action), parse_constant=no_constants
     )
     return event
-
-
-@pytest.fixture(scope="module")
-def pagerduty_server() -> Iterator[PagerDutyReceiver]:
-    with PagerDutyReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def pagerduty(pagerduty_server: PagerDutyReceiver) -> PagerDutyReceiver:
-    """The module's receiver, with no records or faults left by an earlier test."""
-    pagerduty_server.reset()
-    return pagerduty_server
 
 
 @pytest.mark.parametrize(

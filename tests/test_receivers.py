@@ -63,30 +63,6 @@ def client() -> Iterator[httpx.Client]:
         yield shared
 
 
-@pytest.fixture(scope="module")
-def pagerduty_server() -> Iterator[PagerDutyReceiver]:
-    with PagerDutyReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def pagerduty(pagerduty_server: PagerDutyReceiver) -> PagerDutyReceiver:
-    pagerduty_server.reset()
-    return pagerduty_server
-
-
-@pytest.fixture(scope="module")
-def slack_server() -> Iterator[SlackReceiver]:
-    with SlackReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def slack(slack_server: SlackReceiver) -> SlackReceiver:
-    slack_server.reset()
-    return slack_server
-
-
 # PagerDuty contract -------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,19 +61,6 @@ def make_alert(
 
 def message_of(alert: Alert, channel: str | None = None, *, resolved: bool = False) -> Any:
     return json.loads(format_slack_payload(alert, channel, resolved=resolved))
-
-
-@pytest.fixture(scope="module")
-def slack_server() -> Iterator[SlackReceiver]:
-    with SlackReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
-def slack(slack_server: SlackReceiver) -> SlackReceiver:
-    """The module's receiver, with no records or faults left by an earlier test."""
-    slack_server.reset()
-    return slack_server
 
 
 @pytest.mark.parametrize(
